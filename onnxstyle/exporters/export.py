@@ -1,0 +1,486 @@
+"""Export the feature extractor and the loss+gradient graph, each validated against torch.
+
+``export_backbone`` is the one library entry point; ``onnxstyle export`` is a thin layer over it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper
+
+from onnxstyle import __version__
+from onnxstyle.backbones import Backbone, Pooling, get_backbone, parse_layers
+from onnxstyle.errors import ExportValidationError, OutputError, UsageError
+from onnxstyle.exporters.graph import (
+    DEFAULT_OPSET,
+    HEIGHT,
+    IMAGE_INPUT,
+    MAX_OPSET,
+    POOL_CHOICE,
+    RELU_CHOICE,
+    MIN_OPSET,
+    WIDTH,
+    GraphBuilder,
+    NetworkGraph,
+    image_input,
+)
+from onnxstyle.losses import LossWeights, content_loss, gram_matrix, style_loss, tv_loss
+from onnxstyle.weights import Preprocessing, ResolvedWeights, create_backbone
+
+FEATURE_TOLERANCE = 1e-4
+GRADIENT_TOLERANCE = 1e-4
+VALIDATION_SIZES: tuple[tuple[int, int], ...] = ((64, 64), (97, 130), (256, 192))
+LOSS_OUTPUTS = ("loss", "content_losses", "style_losses", "tv_loss", "grad")
+ALLOWED_OPS = frozenset(
+    "Add Cast Concat Conv ConstantOfShape DepthToSpace Div Equal Gather Greater MatMul MaxPool AveragePool "
+    "Mul Not Or And Pad ReduceSum Relu Reshape Shape Size Slice Sub Sum Transpose Where".split()
+)
+
+
+def check_opset(opset: int) -> int:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UsageError(f"opset {opset} is out of range: use {MIN_OPSET}..{MAX_OPSET} (≤17 keeps DirectML usable)")
+    return opset
+
+
+def content_input(layer: str) -> str:
+    return f"content_target.{layer}"
+
+
+def style_input(layer: str) -> str:
+    return f"style_gram.{layer}"
+
+
+def build_features_model(
+    model: Backbone, preprocessing: Preprocessing, *, grams: Sequence[str] = (), opset: int = DEFAULT_OPSET
+) -> onnx.ModelProto:
+    """RGB image in [0, 1] → the requested feature maps by layer name (and Grams when asked)."""
+    builder = GraphBuilder()
+    network = NetworkGraph(builder, model, preprocessing)
+    tensors = network.forward(IMAGE_INPUT)
+    channels = _channels(model)
+    outputs = []
+    for layer in model.outputs:
+        builder.nodes.append(helper.make_node("Identity", [tensors[layer]], [layer]))
+        outputs.append(helper.make_tensor_value_info(layer, TensorProto.FLOAT, [1, channels[layer], f"{layer}_h", f"{layer}_w"]))
+    for layer in grams:
+        gram, _, _ = network.gram(tensors[layer], channels[layer])
+        builder.nodes.append(helper.make_node("Identity", [gram], [f"gram.{layer}"]))
+        outputs.append(helper.make_tensor_value_info(f"gram.{layer}", TensorProto.FLOAT, [channels[layer], channels[layer]]))
+    return builder.model([image_input()], outputs, opset, "onnxstyle feature extractor")
+
+
+def _channels(model: Backbone) -> dict[str, int]:
+    channels, current = {}, 3
+    for layer in model.layer_specs:
+        if layer.kind == "conv":
+            current = layer.out_channels
+        channels[layer.name] = current
+    return channels
+
+
+def build_loss_model(
+    model: Backbone,
+    preprocessing: Preprocessing,
+    *,
+    content_layers: Sequence[str],
+    style_layers: Sequence[str],
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """Image + targets + per-layer weights → total loss, each term, and d(loss)/d(image)."""
+    builder = GraphBuilder()
+    b = builder
+    network = NetworkGraph(builder, model, preprocessing)
+    tensors = network.forward(IMAGE_INPUT)
+    channels = _channels(model)
+    seeds: dict[str, list[str]] = {}
+    content_terms, style_terms = [], []
+    inputs = [image_input()]
+    for index, layer in enumerate(content_layers):
+        target = content_input(layer)
+        inputs.append(helper.make_tensor_value_info(target, TensorProto.FLOAT, [1, channels[layer], f"{layer}_h", f"{layer}_w"]))
+        weight = b.op("Gather", ["content_weights", b.ints(index)], "content_weight")
+        count = b.op("Cast", [b.op("Size", [tensors[layer]])], to=TensorProto.FLOAT)
+        scale = b.op("Div", [weight, count])
+        diff = b.op("Sub", [tensors[layer], target], "content_diff")
+        content_terms.append(b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [diff, diff])], keepdims=0), scale]))
+        seeds.setdefault(layer, []).append(b.op("Mul", [diff, b.op("Mul", [scale, b.scalar(2.0)])], "content_grad"))
+    for index, layer in enumerate(style_layers):
+        target = style_input(layer)
+        c = channels[layer]
+        inputs.append(helper.make_tensor_value_info(target, TensorProto.FLOAT, [c, c]))
+        weight = b.op("Gather", ["style_weights", b.ints(index)], "style_weight")
+        gram, matrix, count = network.gram(tensors[layer], c)
+        diff = b.op("Sub", [gram, target], "gram_diff")
+        scale = b.op("Div", [weight, b.scalar(float(c * c))])
+        style_terms.append(b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [diff, diff])], keepdims=0), scale]))
+        grad_scale = b.op("Div", [b.op("Mul", [scale, b.scalar(4.0)]), count])
+        grad_matrix = b.op("MatMul", [b.op("Mul", [diff, grad_scale]), matrix], "style_grad")
+        seeds.setdefault(layer, []).append(b.op("Reshape", [grad_matrix, b.op("Shape", [tensors[layer]])]))
+    merged = {layer: (terms[0] if len(terms) == 1 else b.op("Sum", terms)) for layer, terms in seeds.items()}
+    grad = network.backward(merged)
+    tv_term, tv_grad = _tv(builder, network.model_input)
+    grad = network.input_adjoint(b.op("Add", [grad, tv_grad]))
+    inputs += [
+        helper.make_tensor_value_info("content_weights", TensorProto.FLOAT, [len(content_layers)]),
+        helper.make_tensor_value_info("style_weights", TensorProto.FLOAT, [len(style_layers)]),
+        helper.make_tensor_value_info("tv_weight", TensorProto.FLOAT, [1]),
+    ]
+    content_vector = b.op("Concat", content_terms, axis=0)
+    style_vector = b.op("Concat", style_terms, axis=0)
+    total = b.op("Sum", [b.op("ReduceSum", [content_vector], keepdims=0), b.op("ReduceSum", [style_vector], keepdims=0), b.op("ReduceSum", [tv_term], keepdims=0)])
+    for source, name in zip((total, content_vector, style_vector, tv_term, grad), LOSS_OUTPUTS, strict=True):
+        b.nodes.append(helper.make_node("Identity", [source], [name]))
+    outputs = [
+        helper.make_tensor_value_info("loss", TensorProto.FLOAT, []),
+        helper.make_tensor_value_info("content_losses", TensorProto.FLOAT, [len(content_layers)]),
+        helper.make_tensor_value_info("style_losses", TensorProto.FLOAT, [len(style_layers)]),
+        helper.make_tensor_value_info("tv_loss", TensorProto.FLOAT, [1]),
+        helper.make_tensor_value_info("grad", TensorProto.FLOAT, [1, 3, HEIGHT, WIDTH]),
+    ]
+    return builder.model(inputs, outputs, opset, "onnxstyle loss and gradient")
+
+
+def _tv(builder: GraphBuilder, model_input: str) -> tuple[str, str]:
+    """TV term and its gradient as one grouped 2×2 Conv and its adjoint Conv."""
+    b = builder
+    kernels = np.zeros((6, 1, 2, 2), np.float32)
+    kernels[0::2, 0, 0, 0], kernels[0::2, 0, 0, 1] = -1.0, 1.0
+    kernels[1::2, 0, 0, 0], kernels[1::2, 0, 1, 0] = -1.0, 1.0
+    adjoint = np.ascontiguousarray(kernels[:, 0, ::-1, ::-1].reshape(3, 2, 2, 2))
+    weight = "tv_weight"
+    diffs = b.op("Conv", [model_input, b.const(kernels, "tv_kernels")], "tv_diffs", kernel_shape=[2, 2], group=3)
+    term = b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [diffs, diffs])], keepdims=0), b.op("Mul", [weight, b.scalar(0.5)])])
+    term = b.op("Reshape", [term, b.ints(1)], "tv_term")
+    scaled = b.op("Mul", [diffs, weight])
+    grad = b.op("Conv", [scaled, b.const(adjoint, "tv_adjoint")], "tv_grad", kernel_shape=[2, 2], pads=[1, 1, 1, 1], group=3)
+    return term, grad
+
+
+def torch_loss_and_grad(
+    model: Backbone,
+    preprocessing: Preprocessing,
+    image: torch.Tensor,
+    content_targets: dict[str, torch.Tensor],
+    style_targets: dict[str, torch.Tensor],
+    weights: LossWeights,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference loss and gradient by torch autograd, with the same normalisations as the graph."""
+    pixels = image.detach().clone().requires_grad_(True)
+    model_input = preprocessing.to_model(pixels)
+    features = model(model_input)
+    loss = tv_loss(model_input, weights.tv)
+    for (layer, target), weight in zip(content_targets.items(), weights.content, strict=True):
+        loss = loss + content_loss(features[layer], target, weight)
+    for (layer, target), weight in zip(style_targets.items(), weights.style, strict=True):
+        loss = loss + style_loss(features[layer], target, weight)
+    (grad,) = torch.autograd.grad(loss, pixels)
+    return loss.detach(), grad
+
+
+class _RoutedMaxPoolFunction(torch.autograd.Function):
+    """Max pool whose backward follows given per-offset choices instead of its own argmax."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, choices: torch.Tensor, kernel: int, stride: int, ceil: bool) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(choices)
+        ctx.geometry = (x.shape, kernel, stride)  # type: ignore[attr-defined]
+        return torch.nn.functional.max_pool2d(x, kernel, stride, ceil_mode=ceil)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        (choices,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        shape, kernel, stride = ctx.geometry  # type: ignore[attr-defined]
+        batch, channels, rows, cols = grad.shape
+        columns = (choices.to(grad.dtype) * grad.unsqueeze(2)).reshape(batch, channels * kernel * kernel, rows * cols)
+        span = ((rows - 1) * stride + kernel, (cols - 1) * stride + kernel)
+        placed = torch.nn.functional.fold(columns, span, kernel_size=kernel, stride=stride)
+        placed = torch.nn.functional.pad(placed, (0, max(0, shape[3] - span[1]), 0, max(0, shape[2] - span[0])))
+        return placed[:, :, : shape[2], : shape[3]], None, None, None, None
+
+
+class _RoutedMaxPool(torch.nn.Module):
+    def __init__(self, pool: torch.nn.MaxPool2d, choices: torch.Tensor) -> None:
+        super().__init__()
+        self.pool, self.choices = pool, choices
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _RoutedMaxPoolFunction.apply(x, self.choices, self.pool.kernel_size, self.pool.stride, self.pool.ceil_mode)
+
+
+class _RoutedReluFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(mask)
+        return torch.relu(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        (mask,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad * mask.to(grad.dtype), None
+
+
+class _RoutedRelu(torch.nn.Module):
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.mask = mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _RoutedReluFunction.apply(x, self.mask)
+
+
+def with_decisions(model: Backbone, pool_choices: dict[str, torch.Tensor], relu_masks: dict[str, torch.Tensor]) -> Backbone:
+    """A copy of ``model`` whose ReLUs and max pools route gradients as the ONNX graph decided.
+
+    These gradients jump where a pre-activation is near 0 or two window values nearly tie, and
+    fp32 rounding in two runtimes can decide such kinks differently (torch fp32 disagrees with
+    torch fp64 in the same way, by up to 1e-2). Sharing the decisions isolates what validation
+    must check: the adjoint arithmetic.
+    """
+    routed = copy.copy(model)
+    routed._modules = dict(model._modules)
+    routed.body = torch.nn.ModuleDict(dict(model.body.items()))
+    for layer, choice in pool_choices.items():
+        routed.body[layer] = _RoutedMaxPool(model.body[layer], choice)  # type: ignore[arg-type]
+    for layer, mask in relu_masks.items():
+        routed.body[layer] = _RoutedRelu(mask)
+    return routed
+
+
+def _with_choice_outputs(graph: onnx.ModelProto) -> onnx.ModelProto:
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(graph)
+    for node in graph.graph.node:
+        for name in node.output:
+            if name.startswith((POOL_CHOICE, RELU_CHOICE)):
+                exposed.graph.output.append(helper.make_tensor_value_info(name, TensorProto.BOOL, None))
+    return exposed
+
+
+def _stack_choices(named: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    layers: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for name, value in named.items():
+        layer, index = name.removeprefix(POOL_CHOICE).rsplit(".", 1)
+        layers.setdefault(layer, []).append((int(index), value))
+    return {layer: torch.from_numpy(np.stack([v for _, v in sorted(items, key=lambda item: item[0])], axis=2)) for layer, items in layers.items()}
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """‖actual − expected‖₂ / ‖expected‖₂, the usual vector relative error (scale-free)."""
+    actual64, expected64 = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    scale = float(np.linalg.norm(expected64)) or 1.0
+    return float(np.linalg.norm(actual64 - expected64)) / scale
+
+
+@dataclass
+class ValidationRecord:
+    graph: str
+    size: tuple[int, int]
+    output: str
+    error: float
+    tolerance: float
+
+
+def _session(model: onnx.ModelProto) -> object:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _validation_images(sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(7)
+    return [torch.rand(1, 3, height, width, generator=generator) for width, height in sizes]
+
+
+def validate_features(
+    graph: onnx.ModelProto, model: Backbone, preprocessing: Preprocessing, sizes: Sequence[tuple[int, int]] = VALIDATION_SIZES
+) -> list[ValidationRecord]:
+    """Run ORT and torch on the same images; any output beyond tolerance is a typed error."""
+    session = _session(graph)
+    records = []
+    for image in _validation_images(sizes):
+        size = (image.shape[3], image.shape[2])
+        with torch.no_grad():
+            expected = model(preprocessing.to_model(image))
+        actual = dict(zip([o.name for o in session.get_outputs()], session.run(None, {IMAGE_INPUT: image.numpy()}), strict=True))  # type: ignore[attr-defined]
+        for layer, reference in expected.items():
+            error = relative_error(actual[layer], reference.numpy())
+            records.append(ValidationRecord("features", size, layer, error, FEATURE_TOLERANCE))
+            if not error <= FEATURE_TOLERANCE:
+                raise ExportValidationError(
+                    f"exported features disagree with torch at {size[0]}x{size[1]}, layer {layer}: "
+                    f"relative error {error:.2e} > {FEATURE_TOLERANCE:.0e}"
+                )
+    return records
+
+
+def random_targets(
+    model: Backbone, preprocessing: Preprocessing, content_layers: Sequence[str], style_layers: Sequence[str], image: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Targets from a different random image of the same size, so the loss is far from zero."""
+    generator = torch.Generator().manual_seed(11)
+    other = torch.rand(image.shape, generator=generator)
+    with torch.no_grad():
+        features = model(preprocessing.to_model(other))
+    return (
+        {layer: features[layer] for layer in content_layers},
+        {layer: gram_matrix(features[layer]) for layer in style_layers},
+    )
+
+
+def loss_feeds(
+    image: np.ndarray, content_targets: dict[str, torch.Tensor], style_targets: dict[str, torch.Tensor], weights: LossWeights
+) -> dict[str, np.ndarray]:
+    feeds = {IMAGE_INPUT: image}
+    feeds.update({content_input(layer): value.numpy() for layer, value in content_targets.items()})
+    feeds.update({style_input(layer): value.numpy() for layer, value in style_targets.items()})
+    feeds["content_weights"] = np.array(weights.content, np.float32)
+    feeds["style_weights"] = np.array(weights.style, np.float32)
+    feeds["tv_weight"] = np.array([weights.tv], np.float32)
+    return feeds
+
+
+def validate_loss(
+    graph: onnx.ModelProto,
+    model: Backbone,
+    preprocessing: Preprocessing,
+    content_layers: Sequence[str],
+    style_layers: Sequence[str],
+    sizes: Sequence[tuple[int, int]] = VALIDATION_SIZES,
+    weights: LossWeights | None = None,
+) -> list[ValidationRecord]:
+    """Gradient parity against torch.autograd at every size (relative error ≤ 1e-4, fp32)."""
+    weights = weights or LossWeights((5.0,) * len(content_layers), (100.0,) * len(style_layers), 1e-3)
+    session = _session(_with_choice_outputs(graph))
+    names = [output.name for output in session.get_outputs()]  # type: ignore[attr-defined]
+    records = []
+    for image in _validation_images(sizes):
+        size = (image.shape[3], image.shape[2])
+        content_targets, style_targets = random_targets(model, preprocessing, content_layers, style_layers, image)
+        outputs = dict(zip(names, session.run(None, loss_feeds(image.numpy(), content_targets, style_targets, weights)), strict=True))  # type: ignore[attr-defined]
+        choices = _stack_choices({name: value for name, value in outputs.items() if name.startswith(POOL_CHOICE)})
+        masks = {name.removeprefix(RELU_CHOICE): torch.from_numpy(value) for name, value in outputs.items() if name.startswith(RELU_CHOICE)}
+        reference = with_decisions(model, choices, masks)
+        loss, grad = torch_loss_and_grad(reference, preprocessing, image, content_targets, style_targets, weights)
+        for name, actual, expected in (("loss", outputs["loss"], loss.numpy()), ("grad", outputs["grad"], grad.numpy())):
+            error = relative_error(np.asarray(actual), expected)
+            records.append(ValidationRecord("loss", size, name, error, GRADIENT_TOLERANCE))
+            if not error <= GRADIENT_TOLERANCE:
+                raise ExportValidationError(
+                    f"exported loss graph disagrees with torch autograd at {size[0]}x{size[1]} ({name}): "
+                    f"relative error {error:.2e} > {GRADIENT_TOLERANCE:.0e}"
+                )
+    return records
+
+
+def operator_types(graph: onnx.ModelProto) -> set[str]:
+    return {node.op_type for node in graph.graph.node if node.op_type != "Identity"}
+
+
+@dataclass
+class ExportResult:
+    features_path: Path
+    loss_path: Path
+    metadata_path: Path
+    metadata: dict[str, object] = field(default_factory=dict)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temp_name, path)
+    finally:
+        Path(temp_name).unlink(missing_ok=True)
+
+
+def default_stem(backbone: str, pooling: str, weights: ResolvedWeights, content: Sequence[str], style: Sequence[str], features: Sequence[str]) -> str:
+    digest = hashlib.sha256(json.dumps([list(content), list(style), list(features)]).encode()).hexdigest()[:8]
+    return f"{backbone}-{pooling}-{weights.id.replace(':', '_')}-{digest}"
+
+
+def export_backbone(
+    *,
+    backbone: str,
+    weights: str = "auto",
+    layers: str | Sequence[str] | None = None,
+    content_layers: str | Sequence[str] | None = None,
+    style_layers: str | Sequence[str] | None = None,
+    pooling: Pooling = "max",
+    opset: int = DEFAULT_OPSET,
+    output: Path | None = None,
+    models_dir: Path = Path("models"),
+    validation_sizes: Sequence[tuple[int, int]] = VALIDATION_SIZES,
+) -> ExportResult:
+    """Write the features model, the loss+gradient model and a metadata sidecar, all validated."""
+    check_opset(opset)
+    spec = get_backbone(backbone)
+    content = spec.validate_layers(parse_layers(content_layers, spec.default_content_layers))
+    style = spec.validate_layers(parse_layers(style_layers, spec.default_style_layers))
+    feature_layers = spec.validate_layers(parse_layers(layers, list(dict.fromkeys([*style, *content]))))
+    if output is None:
+        models_dir.mkdir(parents=True, exist_ok=True)
+        output = models_dir / "pending.features.onnx"
+    output = Path(output)
+    if output.suffix != ".onnx":
+        raise OutputError(f"{output}: the output must end in .onnx")
+    if not output.parent.is_dir() or not os.access(output.parent, os.W_OK):
+        raise OutputError(f"{output}: directory {output.parent} does not exist or is not writable")
+    started = time.perf_counter()
+    features_model, resolved = create_backbone(spec, feature_layers, pooling=pooling, weights=weights)
+    features_graph = build_features_model(features_model, resolved.preprocessing, opset=opset)
+    onnx.checker.check_model(features_graph, full_check=True)
+    records = validate_features(features_graph, features_model, resolved.preprocessing, validation_sizes)
+    loss_model, _ = create_backbone(spec, list(dict.fromkeys([*content, *style])), pooling=pooling, weights=weights)
+    loss_graph = build_loss_model(loss_model, resolved.preprocessing, content_layers=content, style_layers=style, opset=opset)
+    onnx.checker.check_model(loss_graph, full_check=True)
+    records += validate_loss(loss_graph, loss_model, resolved.preprocessing, content, style, validation_sizes)
+    if output.name == "pending.features.onnx":
+        output = output.with_name(default_stem(spec.name, pooling, resolved, content, style, feature_layers) + ".features.onnx")
+    base = output.name.removesuffix(".onnx").removesuffix(".features")
+    loss_path = output.with_name(base + ".loss.onnx")
+    metadata_path = output.with_name(base + ".json")
+    metadata: dict[str, object] = {
+        "tool": "onnxstyle",
+        "tool_version": __version__,
+        "backbone": spec.name,
+        "pooling": pooling,
+        "opset": opset,
+        "features": {"file": output.name, "layers": feature_layers, "inputs": [IMAGE_INPUT], "dynamic_axes": [HEIGHT, WIDTH]},
+        "loss": {
+            "file": loss_path.name,
+            "content_layers": content,
+            "style_layers": style,
+            "outputs": list(LOSS_OUTPUTS),
+            "operators": sorted(operator_types(loss_graph)),
+        },
+        "weights": resolved.as_dict(),
+        "preprocessing_in_graph": True,
+        "input": "RGB float32 in [0, 1], shape (1, 3, height, width)",
+        "validation": {
+            "reference": f"torch {torch.__version__}",
+            "feature_tolerance": FEATURE_TOLERANCE,
+            "gradient_tolerance": GRADIENT_TOLERANCE,
+            "records": [asdict(record) for record in records],
+        },
+        "export_seconds": round(time.perf_counter() - started, 2),
+    }
+    _atomic_write(output, features_graph.SerializeToString())
+    _atomic_write(loss_path, loss_graph.SerializeToString())
+    _atomic_write(metadata_path, json.dumps(metadata, indent=2).encode())
+    return ExportResult(output, loss_path, metadata_path, metadata)

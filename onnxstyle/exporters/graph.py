@@ -1,0 +1,302 @@
+"""Build the backbone and its exact adjoint directly as standard ONNX operators.
+
+torch.onnx cannot export ``autograd.grad`` and ORT's training graphs use contrib ops that inference
+builds and TensorRT lack (REFERENCE §5), so the gradient is written out here as a forward
+computation. The same ``LayerSpec`` list drives the torch modules, which keeps the two in step.
+
+Adjoint forms, chosen so every execution provider runs them and the CPU EP can use NCHWc Conv:
+- ReLU: ``Where(y > 0, g, 0)``;
+- stride-1 Conv: Conv with flipped, in/out-transposed weights and pads ``k - 1 - p``;
+- strided Conv: one flipped sub-kernel per stride phase in a single Conv, then DepthToSpace;
+- max/avg pool: one mask per window offset (first maximum wins, as in torch), placed by
+  DepthToSpace; no MaxUnpool, ScatterND or ConvTranspose anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxstyle.backbones import Backbone, LayerSpec, Pooling
+from onnxstyle.weights import Preprocessing
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 13
+MAX_OPSET = 17
+IMAGE_INPUT = "image"
+HEIGHT, WIDTH = "height", "width"
+POOL_CHOICE = "pool_choice."
+RELU_CHOICE = "relu_choice."
+
+
+@dataclass
+class GraphBuilder:
+    """Accumulates nodes and initializers with unique names."""
+
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    initializers: list[onnx.TensorProto] = field(default_factory=list)
+    counter: int = 0
+    constants: dict[tuple[str, bytes, tuple[int, ...]], str] = field(default_factory=dict)
+
+    def name(self, hint: str) -> str:
+        self.counter += 1
+        return f"{hint}_{self.counter}"
+
+    def op(self, op_type: str, inputs: Sequence[str], hint: str | None = None, outputs: int = 1, **attrs: object) -> str:
+        names = [self.name(hint or op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=names[0], **attrs))
+        return names[0]
+
+    def const(self, value: np.ndarray | float | int | Sequence[int], hint: str = "const") -> str:
+        """An initializer, shared when the same small constant is asked for twice."""
+        array = np.asarray(value)
+        if array.dtype == np.float64:
+            array = array.astype(np.float32)
+        key = (str(array.dtype), array.tobytes(), array.shape) if array.size <= 16 else None
+        if key is not None and key in self.constants:
+            return self.constants[key]
+        name = self.name(hint)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        if key is not None:
+            self.constants[key] = name
+        return name
+
+    def ints(self, *values: int) -> str:
+        return self.const(np.array(values, dtype=np.int64), "ints")
+
+    def scalar(self, value: float) -> str:
+        return self.const(np.array(value, dtype=np.float32), "scalar")
+
+    def model(
+        self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], opset: int, doc: str
+    ) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, "onnxstyle", inputs, outputs, self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="onnxstyle")
+        model.doc_string = doc
+        model.ir_version = 8
+        return model
+
+
+def image_input() -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(IMAGE_INPUT, TensorProto.FLOAT, [1, 3, HEIGHT, WIDTH])
+
+
+@dataclass(frozen=True)
+class LayerTensors:
+    """What the adjoint needs from the forward pass at one layer."""
+
+    spec: LayerSpec
+    input: str
+    output: str
+
+
+class NetworkGraph:
+    """Forward pass of a truncated backbone plus, on demand, its adjoint."""
+
+    def __init__(self, builder: GraphBuilder, model: Backbone, preprocessing: Preprocessing) -> None:
+        self.b = builder
+        self.model = model
+        self.pooling: Pooling = model.pooling
+        self.preprocessing = preprocessing
+        self.weights = {
+            name: (conv.weight.detach().cpu().numpy().astype(np.float32), conv.bias.detach().cpu().numpy().astype(np.float32))
+            for name, conv in model.convs().items()
+        }
+        self.tensors: list[LayerTensors] = []
+        self.model_input = ""
+        self.pool_choices: dict[str, list[str]] = {}
+
+    def forward(self, image: str) -> dict[str, str]:
+        b = self.b
+        channel_first = b.op("Gather", [image, b.ints(*self.preprocessing.permutation)], "to_model_order", axis=1)
+        multiplier = b.const(np.array(self.preprocessing.multiplier, np.float32).reshape(1, 3, 1, 1), "pre_scale")
+        offset = b.const(np.array(self.preprocessing.offset, np.float32).reshape(1, 3, 1, 1), "pre_offset")
+        x = b.op("Add", [b.op("Mul", [channel_first, multiplier]), offset], "model_input")
+        self.model_input = x
+        outputs: dict[str, str] = {}
+        for layer in self.model.layer_specs:
+            y = self._layer_forward(layer, x)
+            self.tensors.append(LayerTensors(layer, x, y))
+            outputs[layer.name] = y
+            x = y
+        return outputs
+
+    def _layer_forward(self, layer: LayerSpec, x: str) -> str:
+        b = self.b
+        if layer.kind == "conv":
+            weight, bias = self.weights[layer.name]
+            return b.op(
+                "Conv",
+                [x, b.const(weight, f"{layer.name}_w"), b.const(bias, f"{layer.name}_b")],
+                layer.name,
+                kernel_shape=[layer.kernel, layer.kernel],
+                strides=[layer.stride, layer.stride],
+                pads=[layer.padding] * 4,
+            )
+        if layer.kind == "relu":
+            return b.op("Relu", [x], layer.name)
+        if layer.kind == "pool":
+            op_type = "MaxPool" if self.pooling == "max" else "AveragePool"
+            return b.op(
+                op_type,
+                [x],
+                layer.name,
+                kernel_shape=[layer.kernel, layer.kernel],
+                strides=[layer.stride, layer.stride],
+                ceil_mode=int(layer.ceil_mode),
+            )
+        return x  # dropout is the identity at inference
+
+    def gram(self, features: str, channels: int) -> tuple[str, str, str]:
+        """(Gram matrix F·Fᵀ/N, the (C, HW) matrix F, N as a float scalar)."""
+        b = self.b
+        matrix = b.op("Reshape", [features, b.ints(channels, -1)], "flat")
+        count = b.op("Cast", [b.op("Size", [features])], "numel", to=TensorProto.FLOAT)
+        product = b.op("MatMul", [matrix, b.op("Transpose", [matrix], perm=[1, 0])])
+        return b.op("Div", [product, count], "gram"), matrix, count
+
+    def backward(self, seeds: dict[str, str]) -> str:
+        """Propagate per-layer output gradients (``seeds``) back to the model input."""
+        grad: str | None = None
+        for tensors in reversed(self.tensors):
+            seed = seeds.get(tensors.spec.name)
+            if seed is not None:
+                grad = seed if grad is None else self.b.op("Add", [grad, seed], "grad_sum")
+            if grad is not None:
+                grad = self._layer_adjoint(tensors, grad)
+        if grad is None:
+            raise ValueError("no loss layer was given a gradient")
+        return grad
+
+    def _layer_adjoint(self, tensors: LayerTensors, grad: str) -> str:
+        b = self.b
+        layer = tensors.spec
+        if layer.kind == "relu":
+            positive = b.op("Greater", [tensors.output, b.scalar(0.0)])
+            b.nodes.append(helper.make_node("Identity", [positive], [f"{RELU_CHOICE}{layer.name}"]))
+            return b.op("Where", [positive, grad, b.scalar(0.0)], f"{layer.name}_adj")
+        if layer.kind == "conv":
+            return self._conv_adjoint(layer, tensors, grad)
+        if layer.kind == "pool":
+            return self._pool_adjoint(layer, tensors, grad)
+        return grad
+
+    def _conv_adjoint(self, layer: LayerSpec, tensors: LayerTensors, grad: str) -> str:
+        b = self.b
+        weight, _ = self.weights[layer.name]
+        k, s, p = layer.kernel, layer.stride, layer.padding
+        if s == 1:
+            flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+            pad = k - 1 - p
+            return b.op(
+                "Conv", [grad, b.const(flipped, f"{layer.name}_adj_w")], f"{layer.name}_adj",
+                kernel_shape=[k, k], pads=[pad] * 4,
+            )
+        taps = math.ceil(k / s)
+        padded = np.zeros((weight.shape[0], weight.shape[1], s * taps, s * taps), np.float32)
+        padded[:, :, :k, :k] = weight
+        out_channels, in_channels = weight.shape[:2]
+        phases = np.zeros((s * s * in_channels, out_channels, taps, taps), np.float32)
+        for row_phase in range(s):
+            for col_phase in range(s):
+                sub = padded[:, :, row_phase::s, col_phase::s][:, :, ::-1, ::-1]
+                start = (row_phase * s + col_phase) * in_channels
+                phases[start : start + in_channels] = sub.transpose(1, 0, 2, 3)
+        phased = b.op(
+            "Conv", [grad, b.const(phases, f"{layer.name}_phase_w")], f"{layer.name}_phases",
+            kernel_shape=[taps, taps], pads=[taps - 1] * 4,
+        )
+        phased = b.op("Pad", [phased, b.ints(0, 0, 0, 0, 0, 0, 1, 1)])
+        spread = b.op("DepthToSpace", [phased], blocksize=s, mode="DCR")
+        return self._crop_to(spread, tensors.input, offset=p)
+
+    def _crop_to(self, tensor: str, like: str, offset: int = 0) -> str:
+        """Slice ``tensor``'s spatial dims to ``like``'s, starting at ``offset``."""
+        b = self.b
+        size = b.op("Slice", [b.op("Shape", [like]), b.ints(2), b.ints(4)], "hw")
+        starts = b.ints(offset, offset)
+        ends = b.op("Add", [size, starts])
+        return b.op("Slice", [tensor, starts, ends, b.ints(2, 3)], "crop")
+
+    def _pool_adjoint(self, layer: LayerSpec, tensors: LayerTensors, grad: str) -> str:
+        b = self.b
+        k, s = layer.kernel, layer.stride
+        taps = math.ceil(k / s)
+        offsets = [(row, col) for row in range(k) for col in range(k)]
+        if self.pooling == "max":
+            contributions = self._max_pool_contributions(tensors, grad, k, s, offsets)
+        else:
+            count = self._window_counts(tensors.input, tensors.output, k, s)
+            share = b.op("Div", [grad, count], "avg_share")
+            contributions = {offset: share for offset in offsets}
+        phases: list[str] = []
+        for row_phase in range(s):
+            for col_phase in range(s):
+                terms = []
+                for (row, col), value in contributions.items():
+                    if row % s != row_phase or col % s != col_phase:
+                        continue
+                    top, left = row // s, col // s
+                    pads = b.ints(0, 0, top, left, 0, 0, taps - top, taps - left)
+                    terms.append(b.op("Pad", [value, pads], "placed"))
+                phases.append(terms[0] if len(terms) == 1 else b.op("Sum", terms, "phase"))
+        stacked = b.op("Concat", phases, "phases", axis=1)
+        spread = b.op("DepthToSpace", [stacked], f"{layer.name}_adj", blocksize=s, mode="DCR")
+        return self._crop_to(spread, tensors.input)
+
+    def _strided_views(self, x: str, pooled: str, k: int, s: int, pad_value: float) -> dict[tuple[int, int], str]:
+        """x[row + s·i, col + s·j] for each window offset, sized like the pooled map."""
+        b = self.b
+        padded = b.op("Pad", [x, b.ints(0, 0, 0, 0, 0, 0, k, k), b.scalar(pad_value)], "pool_in_padded")
+        pooled_hw = b.op("Slice", [b.op("Shape", [pooled]), b.ints(2), b.ints(4)], "pooled_hw")
+        span = b.op("Mul", [pooled_hw, b.ints(s)])
+        views: dict[tuple[int, int], str] = {}
+        for row in range(k):
+            for col in range(k):
+                starts = b.ints(row, col)
+                ends = b.op("Add", [span, starts])
+                views[(row, col)] = b.op("Slice", [padded, starts, ends, b.ints(2, 3), b.ints(s, s)], "window_view")
+        return views
+
+    def _max_pool_contributions(
+        self, tensors: LayerTensors, grad: str, k: int, s: int, offsets: list[tuple[int, int]]
+    ) -> dict[tuple[int, int], str]:
+        b = self.b
+        views = self._strided_views(tensors.input, tensors.output, k, s, pad_value=-3.0e38)
+        zero = b.scalar(0.0)
+        taken: str | None = None
+        contributions: dict[tuple[int, int], str] = {}
+        choices = self.pool_choices.setdefault(tensors.spec.name, [])
+        for offset in offsets:
+            is_max = b.op("Equal", [views[offset], tensors.output], "is_max")
+            if taken is None:
+                first, taken = is_max, is_max
+            else:
+                first = b.op("And", [is_max, b.op("Not", [taken])], "first_max")
+                taken = b.op("Or", [taken, is_max], "taken")
+            choices.append(first)
+            self.b.nodes.append(helper.make_node("Identity", [first], [f"{POOL_CHOICE}{tensors.spec.name}.{len(choices) - 1}"]))
+            contributions[offset] = b.op("Where", [first, grad, zero], "routed")
+        return contributions
+
+    def _window_counts(self, x: str, pooled: str, k: int, s: int) -> str:
+        """How many input pixels each pooling window covers (fewer at ceil-mode borders)."""
+        b = self.b
+        hw = b.op("Slice", [b.op("Shape", [x]), b.ints(2), b.ints(4)])
+        one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+        ones = b.op("ConstantOfShape", [b.op("Concat", [b.ints(1, 1), hw], axis=0)], "ones", value=one)
+        views = self._strided_views(ones, pooled, k, s, pad_value=0.0)
+        return b.op("Sum", list(views.values()), "window_count")
+
+    def input_adjoint(self, grad: str) -> str:
+        """Chain rule through the preprocessing back to RGB pixels in [0, 1]."""
+        b = self.b
+        multiplier = b.const(np.array(self.preprocessing.multiplier, np.float32).reshape(1, 3, 1, 1), "pre_scale")
+        scaled = b.op("Mul", [grad, multiplier])
+        inverse = list(np.argsort(self.preprocessing.permutation))
+        return b.op("Gather", [scaled, b.ints(*[int(i) for i in inverse])], "to_rgb_order", axis=1)

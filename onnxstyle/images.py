@@ -1,0 +1,146 @@
+"""Image I/O: tolerant loading, longest-side resizing, atomic saving and built-in demo images."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from onnxstyle.errors import ImageError, OutputError
+
+DEMO_CONTENT = "demo:content"
+DEMO_STYLE = "demo:style"
+SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def demo_content(size: int = 512) -> Image.Image:
+    """A procedurally drawn scene (sky, sun, hills, house) so every command has an offline default."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    image = np.zeros((size, size, 3), np.float32)
+    image[..., 0] = 0.35 + 0.4 * y
+    image[..., 1] = 0.55 + 0.3 * y
+    image[..., 2] = 0.95 - 0.2 * y
+    sun = (x - 0.75) ** 2 + (y - 0.22) ** 2 < 0.01
+    image[sun] = (1.0, 0.85, 0.3)
+    hills = y > 0.62 + 0.08 * np.sin(7 * x) + 0.04 * np.cos(17 * x)
+    image[hills] = np.stack([0.2 + 0.1 * y, 0.5 - 0.2 * y, 0.2 + 0 * y], -1)[hills]
+    house = (np.abs(x - 0.32) < 0.12) & (y > 0.48) & (y < 0.72)
+    image[house] = (0.85, 0.8, 0.7)
+    roof = (y < 0.48) & (y > 0.36) & (np.abs(x - 0.32) < (y - 0.36) * 1.5)
+    image[roof] = (0.65, 0.15, 0.12)
+    door = (np.abs(x - 0.32) < 0.025) & (y > 0.6) & (y < 0.72)
+    image[door] = (0.3, 0.18, 0.1)
+    return Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8))
+
+
+def demo_style(size: int = 512) -> Image.Image:
+    """Swirling brush-stroke-like bands in a warm-cold palette, in the spirit of a starry night."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    radius = np.hypot(x - 0.5, y - 0.5)
+    angle = np.arctan2(y - 0.5, x - 0.5)
+    swirl = np.sin(24 * radius + 3 * angle + 4 * np.sin(9 * x)) * 0.5 + 0.5
+    strokes = np.sin(60 * (x + 0.3 * np.sin(11 * y))) * 0.5 + 0.5
+    tone = 0.6 * swirl + 0.4 * strokes
+    palette_a = np.array([0.08, 0.15, 0.45], np.float32)
+    palette_b = np.array([0.95, 0.8, 0.25], np.float32)
+    image = palette_a + (palette_b - palette_a) * tone[..., None] ** 1.5
+    return Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8))
+
+
+def load_image(source: str | Path) -> Image.Image:
+    """Open PNG/JPEG/WebP/TIFF with EXIF orientation applied and any mode converted to RGB."""
+    if str(source) == DEMO_CONTENT:
+        return demo_content()
+    if str(source) == DEMO_STYLE:
+        return demo_style()
+    path = Path(source)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+    except UnidentifiedImageError as error:
+        raise ImageError(f"{path}: not a readable image (unknown or corrupt format)") from error
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageError(f"{path}: corrupt or unreadable image ({error})") from error
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def parse_size(text: str | int) -> tuple[int, int] | int:
+    """``512`` means longest side 512; ``1920x1080`` means exactly width×height."""
+    from onnxstyle.errors import UsageError
+
+    value = str(text).strip().lower()
+    try:
+        if "x" in value:
+            width, height = (int(part) for part in value.split("x", 1))
+            if width <= 0 or height <= 0:
+                raise ValueError
+            return (width, height)
+        size = int(value)
+        if size <= 0:
+            raise ValueError
+        return size
+    except ValueError:
+        raise UsageError(f"invalid size '{text}': use a positive integer (longest side) or WIDTHxHEIGHT") from None
+
+
+def resize(image: Image.Image, size: tuple[int, int] | int) -> Image.Image:
+    """Resize so the longest side is ``size`` (aspect kept), or to an exact (width, height)."""
+    if isinstance(size, tuple):
+        target = size
+    else:
+        scale = size / max(image.size)
+        target = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    if target == image.size:
+        return image
+    return image.resize(target, Image.Resampling.LANCZOS)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """(1, 3, H, W) float32 RGB in [0, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def to_image(tensor: torch.Tensor) -> Image.Image:
+    array = tensor.detach().float().cpu().clamp(0, 1).squeeze(0).permute(1, 2, 0).numpy()
+    return Image.fromarray((array * 255.0 + 0.5).astype(np.uint8))
+
+
+def check_writable(path: Path) -> Path:
+    """Fail before any work is done if ``path`` cannot be written."""
+    path = Path(path)
+    if path.suffix.lower() not in SAVE_FORMATS:
+        raise OutputError(f"{path}: unsupported output format; use one of {', '.join(sorted(SAVE_FORMATS))}")
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise OutputError(f"{path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OutputError(f"{path}: not writable")
+    return path
+
+
+def save_image(image: Image.Image, path: Path) -> Path:
+    """Write via a temporary file and rename, so an interrupted save leaves no half-written image."""
+    path = check_writable(Path(path))
+    image_format = SAVE_FORMATS[path.suffix.lower()]
+    handle, temp_name = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", suffix=path.suffix)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            image.save(out, format=image_format)
+        os.replace(temp_name, path)
+    except OSError as error:
+        raise OutputError(f"{path}: could not write ({error})") from error
+    finally:
+        Path(temp_name).unlink(missing_ok=True)
+    return path
