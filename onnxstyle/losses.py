@@ -41,3 +41,34 @@ class LossWeights:
     content: tuple[float, ...]
     style: tuple[float, ...]
     tv: float
+
+
+@dataclass
+class LossTerms:
+    """Total loss and each term, as floats, for progress displays and reports."""
+
+    total: float
+    content: list[float]
+    style: list[float]
+    tv: float
+
+
+def objective(
+    features: dict[str, torch.Tensor],
+    model_input: torch.Tensor,
+    content_targets: dict[str, torch.Tensor],
+    style_targets: dict[str, torch.Tensor],
+    weights: LossWeights,
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Total loss plus each term, from precomputed features (content and style targets keyed by layer)."""
+    content_terms = [
+        content_loss(features[layer], target, weight)
+        for (layer, target), weight in zip(content_targets.items(), weights.content, strict=True)
+    ]
+    style_terms = [
+        style_loss(features[layer], target, weight)
+        for (layer, target), weight in zip(style_targets.items(), weights.style, strict=True)
+    ]
+    tv_term = tv_loss(model_input, weights.tv)
+    total = tv_term + sum(content_terms, torch.zeros(())) + sum(style_terms, torch.zeros(()))
+    return total, content_terms, style_terms, tv_term

@@ -1,0 +1,33 @@
+"""Engines by name (timm-style registry): ``create_engine("onnxruntime", provider="cuda", ...)``."""
+
+from __future__ import annotations
+
+from onnxstyle.engines.base import Engine, EngineSpec, Targets
+from onnxstyle.errors import UsageError
+
+ENGINES = ("torch", "onnxruntime")
+
+
+def create_engine(
+    name: str,
+    spec: EngineSpec,
+    *,
+    provider: str = "cpu",
+    threads: int | None = None,
+    sizes: list[tuple[int, int]] | None = None,
+) -> Engine:
+    """``provider`` is an ORT provider for onnxruntime and a torch device (cpu, cuda) for torch."""
+    key = name.lower()
+    if key in ("ort", "onnxruntime"):
+        from onnxstyle.engines.onnxruntime_engine import OnnxRuntimeEngine
+        from onnxstyle.providers import ProviderConfig, canonical
+
+        return OnnxRuntimeEngine(spec, ProviderConfig(canonical(provider), threads=threads), sizes)
+    if key == "torch":
+        from onnxstyle.engines.torch_engine import TorchEngine
+
+        return TorchEngine(spec, device=provider, threads=threads)
+    raise UsageError(f"unknown engine '{name}'; choose one of: {', '.join(ENGINES)}")
+
+
+__all__ = ["ENGINES", "Engine", "EngineSpec", "Targets", "create_engine"]

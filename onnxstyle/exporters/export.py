@@ -36,7 +36,7 @@ from onnxstyle.exporters.graph import (
     NetworkGraph,
     image_input,
 )
-from onnxstyle.losses import LossWeights, content_loss, gram_matrix, style_loss, tv_loss
+from onnxstyle.losses import LossWeights, gram_matrix, objective
 from onnxstyle.weights import Preprocessing, ResolvedWeights, create_backbone
 
 FEATURE_TOLERANCE = 1e-4
@@ -180,12 +180,7 @@ def torch_loss_and_grad(
     """Reference loss and gradient by torch autograd, with the same normalisations as the graph."""
     pixels = image.detach().clone().requires_grad_(True)
     model_input = preprocessing.to_model(pixels)
-    features = model(model_input)
-    loss = tv_loss(model_input, weights.tv)
-    for (layer, target), weight in zip(content_targets.items(), weights.content, strict=True):
-        loss = loss + content_loss(features[layer], target, weight)
-    for (layer, target), weight in zip(style_targets.items(), weights.style, strict=True):
-        loss = loss + style_loss(features[layer], target, weight)
+    loss, _, _, _ = objective(model(model_input), model_input, content_targets, style_targets, weights)
     (grad,) = torch.autograd.grad(loss, pixels)
     return loss.detach(), grad
 

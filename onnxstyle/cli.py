@@ -1,0 +1,255 @@
+"""Thin Typer app: parse, call the library, render with rich. Errors become one line and an exit code."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from onnxstyle import __version__
+from onnxstyle.errors import OnnxstyleError
+
+app = typer.Typer(
+    name="onnxstyle",
+    help="Neural style transfer on ONNX Runtime and torch: export, stylize, measure.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+weights_app = typer.Typer(help="The weights catalogue: list, verify, where.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+out = Console()
+err = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"onnxstyle {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = None,
+) -> None:
+    """onnxstyle: portable, measurable neural style transfer."""
+
+
+@app.command()
+def env(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Print a copy-pasteable fingerprint of this machine and its software."""
+    from onnxstyle.sysinfo import fingerprint
+
+    facts = fingerprint()
+    if as_json:
+        out.print_json(json.dumps(facts))
+        return
+    for key, value in facts.items():
+        text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        out.print(f"{key:26} {text}", highlight=False)
+
+
+@app.command()
+def providers() -> None:
+    """List ONNX Runtime providers and torch devices, and why each unusable one is unusable."""
+    import torch
+
+    from onnxstyle.providers import ort_package, probe_providers, short_name
+
+    table = Table(title=f"execution providers ({ort_package()}, torch {torch.__version__})")
+    for column in ("engine", "provider", "usable", "reason"):
+        table.add_column(column)
+    for status in probe_providers():
+        table.add_row("onnxruntime", short_name(status.name), "yes" if status.usable else "no", status.reason)
+    table.add_row("torch", "cpu", "yes", "ok")
+    cuda_ok = torch.cuda.is_available()
+    table.add_row("torch", "cuda", "yes" if cuda_ok else "no", "ok" if cuda_ok else "torch.cuda.is_available() is False")
+    out.print(table)
+
+
+@app.command()
+def export(
+    backbone: Annotated[str, typer.Argument(help="vgg (vgg19) or nin.")],
+    weights: Annotated[str, typer.Option(help="auto | synthetic | catalogue id | PATH.")] = "auto",
+    layers: Annotated[Optional[str], typer.Option(help="Feature outputs, comma-separated (default: content+style layers).")] = None,
+    content_layers: Annotated[Optional[str], typer.Option(help="Content layers of the loss graph.")] = None,
+    style_layers: Annotated[Optional[str], typer.Option(help="Style layers of the loss graph.")] = None,
+    pooling: Annotated[str, typer.Option(help="max or avg.")] = "max",
+    opset: Annotated[int, typer.Option(help="ONNX opset (13..17).")] = 17,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Features model path (default: models/…).")] = None,
+) -> None:
+    """Export the feature extractor and the loss+gradient graph to ONNX, validated against torch."""
+    from onnxstyle.exporters.export import export_backbone
+
+    with err.status("exporting and validating against torch…"):
+        result = export_backbone(
+            backbone=backbone, weights=weights, layers=layers, content_layers=content_layers,
+            style_layers=style_layers, pooling=pooling, opset=opset, output=output,  # type: ignore[arg-type]
+        )
+    meta = result.metadata
+    validation = meta["validation"]
+    assert isinstance(validation, dict)
+    worst = {graph: max(r["error"] for r in validation["records"] if r["graph"] == graph) for graph in ("features", "loss")}
+    weights_meta = meta["weights"]
+    assert isinstance(weights_meta, dict)
+    if weights_meta["timing_only"]:
+        err.print("[yellow]weights: synthetic — timing only, not a real style transfer[/]")
+    out.print(f"features  {result.features_path}  (worst relative error vs torch {worst['features']:.1e} ≤ {validation['feature_tolerance']:.0e})")
+    out.print(f"loss+grad {result.loss_path}  (worst relative error vs torch autograd {worst['loss']:.1e} ≤ {validation['gradient_tolerance']:.0e})")
+    out.print(f"metadata  {result.metadata_path}")
+
+
+@app.command()
+def stylize(
+    content: Annotated[Optional[str], typer.Argument(help="Content image.")] = None,
+    styles: Annotated[Optional[list[str]], typer.Argument(help="One or more style images.")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output image (.png/.jpg/.webp/.tif).")] = Path("out.png"),
+    demo: Annotated[bool, typer.Option(help="Use the built-in demo images (offline; 128 px, 100 iterations unless set).")] = False,
+    engine: Annotated[str, typer.Option(help="onnxruntime or torch.")] = "onnxruntime",
+    provider: Annotated[str, typer.Option(help="ORT provider (cpu, cuda, tensorrt, …) or torch device (cpu, cuda).")] = "cpu",
+    model: Annotated[str, typer.Option(help="vgg or nin.")] = "vgg",
+    weights: Annotated[str, typer.Option(help="auto | synthetic | catalogue id | PATH.")] = "auto",
+    size: Annotated[Optional[str], typer.Option(help="Longest side, or WIDTHxHEIGHT (default 512).")] = None,
+    iterations: Annotated[Optional[int], typer.Option(help="Iterations (L-BFGS: loss+gradient evaluations); default 1000.")] = None,
+    optimizer: Annotated[str, typer.Option(help="lbfgs or adam.")] = "lbfgs",
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate (pixels in [0, 1]).")] = 0.02,
+    content_weight: Annotated[float, typer.Option()] = 5.0,
+    style_weight: Annotated[float, typer.Option()] = 100.0,
+    tv_weight: Annotated[float, typer.Option()] = 1e-3,
+    content_layers: Annotated[Optional[str], typer.Option()] = None,
+    style_layers: Annotated[Optional[str], typer.Option()] = None,
+    style_blend_weights: Annotated[Optional[str], typer.Option(help="One weight per style image, e.g. 3,7.")] = None,
+    style_scale: Annotated[float, typer.Option()] = 1.0,
+    init: Annotated[str, typer.Option(help="random | content | PATH.")] = "random",
+    seed: Annotated[int, typer.Option()] = 0,
+    original_colors: Annotated[bool, typer.Option(help="Keep the content's colours (luminance-only transfer).")] = False,
+    pooling: Annotated[str, typer.Option(help="max or avg.")] = "max",
+    save_every: Annotated[int, typer.Option(help="Also save every N iterations (0: only at the end).")] = 0,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (pinned).")] = None,
+) -> None:
+    """Optimise an image so its features match CONTENT and its Gram matrices match STYLE(s)."""
+    from onnxstyle.errors import UsageError
+    from onnxstyle.images import DEMO_CONTENT, DEMO_STYLE
+    from onnxstyle.stylize import stylize as run_stylize
+
+    if demo:
+        content = content or DEMO_CONTENT
+        styles = styles or [DEMO_STYLE]
+        size = size or "128"
+        iterations = iterations or 100
+    if content is None or not styles:
+        raise UsageError("give CONTENT and at least one STYLE image, or --demo")
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} it/s"), TimeElapsedColumn(), console=err,
+    )
+    task = progress.add_task("stylize", total=iterations or 1000, loss="…", rate="…")
+    started: list[float] = []
+
+    def report(step: int, total: int, terms: object) -> None:
+        import time
+
+        now = time.perf_counter()
+        if not started:
+            started.append(now)
+            progress.start()
+        rate = (step - 1) / (now - started[0]) if step > 1 and now > started[0] else 0.0
+        progress.update(task, completed=step, total=total, loss=f"{terms.total:.4g}", rate=f"{rate:.2f}")  # type: ignore[attr-defined]
+
+    try:
+        result = run_stylize(
+            content, styles, output, engine=engine, provider=provider, model=model, weights=weights,
+            size=size or 512, iterations=iterations or 1000, optimizer=optimizer,  # type: ignore[arg-type]
+            learning_rate=learning_rate, content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
+            content_layers=content_layers, style_layers=style_layers, style_blend_weights=style_blend_weights,
+            style_scale=style_scale, init=init, seed=seed, original_colors=original_colors, pooling=pooling,  # type: ignore[arg-type]
+            save_every=save_every, threads=threads, progress=report,
+        )
+    finally:
+        progress.stop()
+    where = result.engine.get("provider_effective") or result.engine.get("device")
+    if result.timing_only:
+        err.print("[yellow]weights: synthetic — timing only, not a real style transfer (install real weights: onnxstyle weights where)[/]")
+    out.print(
+        f"wrote {result.output}: {result.iterations} iterations in {result.seconds:.1f}s "
+        f"({60 * result.iterations / result.seconds:.0f} it/min) on {result.engine['engine']} [{where}], "
+        f"loss {result.losses[0]:.4g} → {result.losses[-1]:.4g} (−{100 * result.loss_reduction:.1f}%), weights {result.weights}",
+        highlight=False,
+        markup=False,
+    )
+
+
+@weights_app.command("list")
+def weights_list() -> None:
+    """Show every known weight set with its source, check, preprocessing and licence."""
+    from onnxstyle.weights import CATALOGUE, find_cached
+
+    table = Table(title="weights catalogue")
+    for column in ("id", "backbone", "file", "size", "preprocessing", "licence", "cached"):
+        table.add_column(column)
+    for entry in CATALOGUE.values():
+        cached = find_cached(entry)
+        table.add_row(entry.id, entry.backbone, entry.filename, entry.size, entry.preprocessing.name, entry.licence, str(cached) if cached else "no")
+    table.add_row("synthetic", "any", "—", "—", "imagenet-rgb", "n/a", "built in (timing only)")
+    out.print(table)
+
+
+@weights_app.command("where")
+def weights_where() -> None:
+    """Where weight files are looked for, and the URL of each."""
+    from onnxstyle.weights import CATALOGUE, search_paths
+
+    for entry in CATALOGUE.values():
+        out.print(f"[bold]{entry.id}[/]  {entry.url}", highlight=False)
+        for path in search_paths(entry):
+            out.print(f"  {path}{'  (present)' if path.is_file() else ''}", highlight=False)
+
+
+@weights_app.command("verify")
+def weights_verify(
+    ids: Annotated[Optional[list[str]], typer.Argument(help="Catalogue ids or files (default: every cached entry).")] = None,
+) -> None:
+    """Re-hash cached weight files against the catalogue; non-zero exit on any mismatch."""
+    from onnxstyle.backbones import get_backbone
+    from onnxstyle.errors import WeightsError
+    from onnxstyle.weights import CATALOGUE, find_cached, resolve
+
+    targets = ids or [entry.id for entry in CATALOGUE.values() if find_cached(entry)]
+    if not targets:
+        out.print("no weight files are cached; nothing to verify (see: onnxstyle weights where)")
+        return
+    failures = 0
+    for target in targets:
+        entry = CATALOGUE.get(target)
+        backbone = get_backbone(entry.backbone if entry else "vgg")
+        try:
+            resolved = resolve(target, backbone, allow_download=False)
+            out.print(f"ok  {target}  {resolved.path}  sha256 {resolved.sha256}", highlight=False)
+        except WeightsError as error:
+            failures += 1
+            out.print(f"bad {target}: {str(error).splitlines()[0]}", highlight=False)
+    if failures:
+        raise typer.Exit(5)
+
+
+def main() -> None:
+    """Console entry point: typed errors print one line and exit with their code, never a traceback."""
+    try:
+        app()
+    except OnnxstyleError as error:
+        err.print("[red]error:[/] ", end="")
+        err.print(str(error), highlight=False, markup=False, soft_wrap=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The ONNX Runtime engine: the exported loss+gradient graph on any execution provider.
+
+On CUDA/TensorRT the image, targets and gradient stay on the GPU through IOBinding (torch CUDA
+tensors are bound by pointer), so a step copies only the few loss scalars back to the host.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from onnxstyle.backbones import Backbone, BackboneSpec
+from onnxstyle.engines.base import Engine, EngineSpec
+from onnxstyle.exporters.export import build_features_model, build_loss_model, content_input, style_input
+from onnxstyle.exporters.graph import IMAGE_INPUT
+from onnxstyle.losses import LossTerms
+from onnxstyle.providers import ProviderConfig, ShapeProfile, create_session, ort_package
+from onnxstyle.weights import apply_weights
+
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def feature_shape(backbone: BackboneSpec, layer: str, height: int, width: int) -> tuple[int, int, int]:
+    """(channels, height, width) of ``layer``'s output for an input of height×width."""
+    channels = 3
+    for spec in backbone.truncated([layer]):
+        if spec.kind == "conv":
+            channels = spec.out_channels
+        if spec.kind in ("conv", "pool"):
+            span_h = height + 2 * spec.padding - spec.kernel
+            span_w = width + 2 * spec.padding - spec.kernel
+            if spec.ceil_mode:
+                height, width = -(-span_h // spec.stride) + 1, -(-span_w // spec.stride) + 1
+            else:
+                height, width = span_h // spec.stride + 1, span_w // spec.stride + 1
+    return channels, height, width
+
+
+def tensorrt_profile(spec: EngineSpec, sizes: list[tuple[int, int]]) -> ShapeProfile:
+    """min/opt/max shapes over the requested (height, width) sizes for every dynamic input."""
+    ordered = sorted(sizes, key=lambda size: size[0] * size[1])
+    picks = {"min": ordered[0], "opt": ordered[len(ordered) // 2], "max": ordered[-1]}
+    shapes: dict[str, dict[str, list[int]]] = {}
+    for key, (height, width) in picks.items():
+        shapes[key] = {IMAGE_INPUT: [1, 3, height, width]}
+        for layer in spec.content_layers:
+            channels, rows, cols = feature_shape(spec.backbone, layer, height, width)
+            shapes[key][content_input(layer)] = [1, channels, rows, cols]
+    return ShapeProfile(shapes["min"], shapes["opt"], shapes["max"])
+
+
+class OnnxRuntimeEngine(Engine):
+    name = "onnxruntime"
+
+    def __init__(self, spec: EngineSpec, config: ProviderConfig, sizes: list[tuple[int, int]] | None = None) -> None:
+        super().__init__(spec)
+        if config.provider == "TensorrtExecutionProvider" and config.profile is None and sizes:
+            config.profile = tensorrt_profile(spec, sizes)
+        self.config = config
+        model = apply_weights(Backbone(spec.backbone, spec.layers, spec.pooling), spec.weights)
+        preprocessing = spec.weights.preprocessing
+        loss_graph = build_loss_model(
+            model, preprocessing, content_layers=spec.content_layers, style_layers=spec.style_layers
+        )
+        model.outputs = list(spec.content_layers)
+        features_graph = build_features_model(model, preprocessing, grams=spec.style_layers)
+        self.loss_session = create_session(loss_graph.SerializeToString(), config)
+        self.features_session = create_session(features_graph.SerializeToString(), config)
+        self.on_gpu = config.provider in GPU_PROVIDERS
+        self._device = torch.device(f"cuda:{config.device_id}") if self.on_gpu else torch.device("cpu")
+        self._feeds: dict[str, Any] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def extract(self, image: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        names = [output.name for output in self.features_session.get_outputs()]
+        values = self.features_session.run(None, {IMAGE_INPUT: image.detach().cpu().numpy()})
+        outputs = {name: torch.from_numpy(value).to(self._device) for name, value in zip(names, values, strict=True)}
+        content = {layer: outputs[layer] for layer in self.spec.content_layers}
+        grams = {layer: outputs[f"gram.{layer}"] for layer in self.spec.style_layers}
+        return content, grams
+
+    def set_targets(self, targets: Any) -> None:
+        super().set_targets(targets)
+        feeds: dict[str, Any] = {content_input(layer): value for layer, value in targets.content.items()}
+        feeds.update({style_input(layer): value for layer, value in targets.style.items()})
+        weights = targets.weights
+        feeds["content_weights"] = torch.tensor(weights.content, dtype=torch.float32)
+        feeds["style_weights"] = torch.tensor(weights.style, dtype=torch.float32)
+        feeds["tv_weight"] = torch.tensor([weights.tv], dtype=torch.float32)
+        if self.on_gpu:
+            self._feeds = {name: value.to(self._device).contiguous() for name, value in feeds.items()}
+        else:
+            self._feeds = {name: value.detach().cpu().numpy() for name, value in feeds.items()}
+
+    def loss_and_grad(self, image: torch.Tensor) -> tuple[LossTerms, torch.Tensor]:
+        assert self.targets is not None, "set_targets() first"
+        if self.on_gpu:
+            return self._run_bound(image)
+        feeds = dict(self._feeds)
+        feeds[IMAGE_INPUT] = image.detach().cpu().numpy()
+        loss, content, style, tv, grad = self.loss_session.run(None, feeds)
+        return _terms(loss, content, style, tv), torch.from_numpy(grad)
+
+    def _run_bound(self, image: torch.Tensor) -> tuple[LossTerms, torch.Tensor]:
+        """IOBinding: inputs and the gradient bound by device pointer; only the scalars come back."""
+        binding = self.loss_session.io_binding()
+        pixels = image.detach().to(self._device).contiguous()
+        grad = torch.empty_like(pixels)
+        for name, tensor in {IMAGE_INPUT: pixels, **self._feeds}.items():
+            binding.bind_input(name, "cuda", self.config.device_id, np.float32, tuple(tensor.shape), tensor.data_ptr())
+        binding.bind_output("grad", "cuda", self.config.device_id, np.float32, tuple(grad.shape), grad.data_ptr())
+        for name in ("loss", "content_losses", "style_losses", "tv_loss"):
+            binding.bind_output(name, "cpu")
+        self.loss_session.run_with_iobinding(binding)
+        loss, content, style, tv = (value.numpy() for value in binding.get_outputs()[1:5])
+        return _terms(loss, content, style, tv), grad
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "engine": "onnxruntime",
+            "package": ort_package(),
+            "provider_requested": self.config.provider,
+            "provider_effective": self.loss_session.get_providers()[0],
+            "provider_options": self.config.options(),
+            "threads": self.config.threads,
+            "io_binding": self.on_gpu,
+        }
+
+
+def _terms(loss: np.ndarray, content: np.ndarray, style: np.ndarray, tv: np.ndarray) -> LossTerms:
+    return LossTerms(float(loss), [float(v) for v in content], [float(v) for v in style], float(np.asarray(tv).reshape(-1)[0]))

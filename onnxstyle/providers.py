@@ -1,0 +1,229 @@
+"""ONNX Runtime execution providers: names, options, and proof of which one actually runs.
+
+ORT lists compiled-in providers even when their libraries are missing and then silently runs on
+the CPU (REFERENCE §6). A benchmark built on that would lie, so every accelerator session is created
+with CPU fallback disabled and checked with ``get_providers()`` afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onnxstyle.errors import ProviderError, UsageError
+
+ALIASES: dict[str, str] = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "migraphx": "MIGraphXExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+}
+
+
+def canonical(name: str) -> str:
+    """``cuda`` → ``CUDAExecutionProvider``; full names pass through; unknown names fail clearly."""
+    key = name.strip()
+    if key.lower() in ALIASES:
+        return ALIASES[key.lower()]
+    if key.endswith("ExecutionProvider"):
+        return key
+    raise UsageError(f"unknown provider '{name}'; use one of {', '.join(sorted(ALIASES))} or a full ORT provider name")
+
+
+def short_name(provider: str) -> str:
+    reverse = {full: alias for alias, full in ALIASES.items() if alias not in ("trt", "directml")}
+    return reverse.get(provider, provider.removesuffix("ExecutionProvider").lower())
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """TensorRT optimisation profile: every dynamic input's min/opt/max shape."""
+
+    min: Mapping[str, Sequence[int]]
+    opt: Mapping[str, Sequence[int]]
+    max: Mapping[str, Sequence[int]]
+
+    @staticmethod
+    def format(shapes: Mapping[str, Sequence[int]]) -> str:
+        return ",".join(f"{name}:{'x'.join(str(d) for d in dims)}" for name, dims in shapes.items())
+
+
+@dataclass
+class ProviderConfig:
+    """Everything needed to open a session on one provider, recorded verbatim in reports."""
+
+    provider: str
+    threads: int | None = None
+    device_id: int = 0
+    cache_dir: Path = Path("models") / "cache"
+    profile: ShapeProfile | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def options(self) -> dict[str, str]:
+        """Provider options per the ONNX Runtime documentation, with TF32 and algo search pinned."""
+        options: dict[str, str] = {}
+        if self.provider == "CUDAExecutionProvider":
+            options = {
+                "device_id": str(self.device_id),
+                "cudnn_conv_algo_search": "EXHAUSTIVE",
+                "use_tf32": "0",
+                "do_copy_in_default_stream": "1",
+            }
+        elif self.provider == "TensorrtExecutionProvider":
+            engines = self.cache_dir / "tensorrt"
+            options = {
+                "device_id": str(self.device_id),
+                "trt_engine_cache_enable": "True",
+                "trt_engine_cache_path": str(engines),
+                "trt_timing_cache_enable": "True",
+                "trt_timing_cache_path": str(engines),
+                "trt_fp16_enable": "False",
+            }
+            if self.profile is not None:
+                options["trt_profile_min_shapes"] = ShapeProfile.format(self.profile.min)
+                options["trt_profile_opt_shapes"] = ShapeProfile.format(self.profile.opt)
+                options["trt_profile_max_shapes"] = ShapeProfile.format(self.profile.max)
+        elif self.provider == "OpenVINOExecutionProvider":
+            options = {"device_type": "CPU"}
+        options.update(self.extra)
+        return options
+
+
+def session_options(config: ProviderConfig) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if config.threads:
+        options.intra_op_num_threads = config.threads
+        options.inter_op_num_threads = 1
+    if config.provider != "CPUExecutionProvider":
+        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    return options
+
+
+# Shared libraries each GPU provider needs before ORT can even load it; checking them first turns
+# ORT's multi-line fallback banners into one line that names what is missing.
+REQUIRED_LIBRARIES: dict[str, tuple[tuple[str, str], ...]] = {
+    "CUDAExecutionProvider": (("libcuda.so.1", "no NVIDIA driver"),),
+    "TensorrtExecutionProvider": (("libcuda.so.1", "no NVIDIA driver"), ("libnvinfer.so.10", "TensorRT 10 libraries not installed")),
+}
+
+
+def preflight(provider: str) -> str | None:
+    """Why ``provider`` cannot work on this machine, or ``None`` if nothing obvious is missing."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import torch  # noqa: F401  (its nvidia-* wheels put CUDA/cuDNN on the loader path)
+    except ImportError:
+        pass
+    for library, meaning in REQUIRED_LIBRARIES.get(provider, ()):
+        try:
+            ctypes.CDLL(library)
+        except OSError:
+            return f"{meaning} ({library} not found)"
+    return None
+
+
+def create_session(model: bytes | str | Path, config: ProviderConfig) -> Any:
+    """Open a session on exactly the requested provider, or fail with the reason in one line."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)
+    if config.provider not in ort.get_available_providers():
+        raise ProviderError(
+            f"provider {short_name(config.provider)} ({config.provider}) is not in this onnxruntime build "
+            f"({ort_package()}); available: {', '.join(ort.get_available_providers())}"
+        )
+    missing = preflight(config.provider)
+    if missing:
+        raise ProviderError(f"provider {short_name(config.provider)} is not usable here: {missing}")
+    if config.provider == "TensorrtExecutionProvider":
+        Path(config.options()["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+    providers: list[str | tuple[str, dict[str, str]]] = [(config.provider, config.options())]
+    source = str(model) if isinstance(model, Path) else model
+    try:
+        session = ort.InferenceSession(source, session_options(config), providers=providers)
+    except Exception as error:  # ORT raises RuntimeError/Fail/InvalidArgument by build
+        raise ProviderError(f"provider {short_name(config.provider)} is not usable here: {first_line(error)}") from error
+    verify_provider(session.get_providers(), config.provider)
+    return session
+
+
+def verify_provider(effective: Sequence[str], requested: str) -> None:
+    """The first provider of the session must be the requested one: no silent CPU fallback."""
+    if not effective or effective[0] != requested:
+        raise ProviderError(
+            f"provider {short_name(requested)} was requested but the session runs on {', '.join(effective) or 'nothing'}; "
+            "refusing a silent fallback"
+        )
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            return line[:300]
+    return text[:300]
+
+
+def ort_package() -> str:
+    """Which onnxruntime distribution is installed (they share the import name)."""
+    from importlib import metadata
+
+    for name in ("onnxruntime-gpu", "onnxruntime", "onnxruntime-openvino", "onnxruntime-directml", "onnxruntime-silicon"):
+        try:
+            return f"{name} {metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return "onnxruntime (unknown distribution)"
+
+
+@dataclass(frozen=True)
+class ProviderStatus:
+    name: str
+    usable: bool
+    reason: str
+
+
+def _probe_model() -> bytes:
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph(
+        [node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def probe_providers() -> list[ProviderStatus]:
+    """Try a one-node session on every provider ORT lists, so 'available' means 'works here'."""
+    import onnxruntime as ort
+
+    statuses = []
+    probe = _probe_model()
+    for provider in ort.get_available_providers():
+        try:
+            create_session(probe, ProviderConfig(provider))
+            statuses.append(ProviderStatus(provider, True, "ok"))
+        except ProviderError as error:
+            statuses.append(ProviderStatus(provider, False, str(error)))
+    return statuses

@@ -1,0 +1,200 @@
+"""The Gatys optimisation loop with the classic tools' vocabulary and defaults (neural-style flags).
+
+The optimisers are torch's own (Adam, L-BFGS) driving a leaf tensor whose ``.grad`` the engine fills,
+so torch autograd and ONNX Runtime run through exactly the same loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from PIL import Image
+
+from onnxstyle.backbones import Pooling, get_backbone, parse_layers
+from onnxstyle.engines import EngineSpec, create_engine
+from onnxstyle.errors import NumericalError, OnnxstyleError, UsageError
+from onnxstyle.images import DEMO_CONTENT, DEMO_STYLE, check_writable, load_image, parse_size, resize, save_image, to_image, to_tensor
+from onnxstyle.losses import LossTerms, LossWeights
+from onnxstyle.weights import resolve
+
+Optimizer = Literal["lbfgs", "adam"]
+
+
+class Interrupted(OnnxstyleError):
+    """Ctrl-C: the current image was saved."""
+
+    exit_code = 130
+
+
+@dataclass
+class StylizeResult:
+    output: Path
+    iterations: int
+    losses: list[float]
+    seconds: float
+    engine: dict[str, object]
+    weights: str
+    timing_only: bool
+    final: LossTerms | None = None
+    saved: list[Path] = field(default_factory=list)
+
+    @property
+    def loss_reduction(self) -> float:
+        return 1.0 - self.losses[-1] / self.losses[0] if self.losses and self.losses[0] else 0.0
+
+
+ProgressCallback = Callable[[int, int, LossTerms], None]
+
+
+def _blend(count: int, text: str | Sequence[float] | None) -> list[float]:
+    if text is None:
+        return [1.0] * count
+    values = [float(v) for v in (text.split(",") if isinstance(text, str) else text)]
+    if len(values) != count:
+        raise UsageError(f"--style-blend-weights has {len(values)} value(s) but {count} style image(s) were given")
+    if any(v < 0 for v in values) or sum(values) <= 0:
+        raise UsageError("--style-blend-weights must be non-negative and not all zero")
+    return values
+
+
+def _luminance_transfer(stylised: Image.Image, content: Image.Image) -> Image.Image:
+    """Keep the stylised luminance, take colour from the content (neural-style -original_colors)."""
+    luma = stylised.convert("YCbCr").split()[0]
+    _, cb, cr = content.resize(stylised.size).convert("YCbCr").split()
+    return Image.merge("YCbCr", (luma, cb, cr)).convert("RGB")
+
+
+def stylize(
+    content: str | Path = DEMO_CONTENT,
+    styles: Sequence[str | Path] = (DEMO_STYLE,),
+    output: str | Path = "out.png",
+    *,
+    engine: str = "onnxruntime",
+    provider: str = "cpu",
+    model: str = "vgg19",
+    weights: str = "auto",
+    size: int | str = 512,
+    iterations: int = 1000,
+    optimizer: Optimizer = "lbfgs",
+    learning_rate: float = 0.02,
+    content_weight: float = 5.0,
+    style_weight: float = 100.0,
+    tv_weight: float = 1e-3,
+    content_layers: str | Sequence[str] | None = None,
+    style_layers: str | Sequence[str] | None = None,
+    style_blend_weights: str | Sequence[float] | None = None,
+    style_scale: float = 1.0,
+    init: str = "random",
+    seed: int = 0,
+    original_colors: bool = False,
+    pooling: Pooling = "max",
+    save_every: int = 0,
+    threads: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> StylizeResult:
+    """Stylise ``content`` with one or more ``styles`` and write ``output``; returns the loss history."""
+    if iterations <= 0:
+        raise UsageError(f"--iterations must be positive, got {iterations}")
+    if optimizer not in ("lbfgs", "adam"):
+        raise UsageError(f"unknown optimizer '{optimizer}'; choose lbfgs or adam")
+    if style_scale <= 0:
+        raise UsageError("--style-scale must be positive")
+    if not styles:
+        raise UsageError("at least one style image is needed")
+    output = check_writable(Path(output))
+    blend = _blend(len(styles), style_blend_weights)
+    backbone = get_backbone(model)
+    contents = backbone.validate_layers(parse_layers(content_layers, backbone.default_content_layers))
+    style_names = backbone.validate_layers(parse_layers(style_layers, backbone.default_style_layers))
+    target_size = parse_size(size)
+    content_image = resize(load_image(content), target_size)
+    minimum = backbone.min_size([*contents, *style_names])
+    if min(content_image.size) < minimum:
+        raise UsageError(
+            f"image {content_image.width}x{content_image.height} is too small for layers up to "
+            f"{backbone.truncated([*contents, *style_names])[-1].name} of {backbone.name}: needs at least {minimum}x{minimum}"
+        )
+    style_side = max(minimum, round(max(content_image.size) * style_scale))
+    style_images = [resize(load_image(style), style_side) for style in styles]
+    resolved = resolve(weights, backbone)
+    spec = EngineSpec(backbone, tuple(contents), tuple(style_names), pooling, resolved)
+    runner = create_engine(engine, spec, provider=provider, threads=threads, sizes=[(content_image.height, content_image.width)])
+    device = runner.device
+    loss_weights = LossWeights((content_weight,) * len(contents), (style_weight,) * len(style_names), tv_weight)
+    runner.set_targets(
+        runner.build_targets(to_tensor(content_image), [to_tensor(image) for image in style_images], blend, loss_weights)
+    )
+
+    generator = torch.Generator().manual_seed(seed)
+    if init == "content":
+        start = to_tensor(content_image)
+    elif init == "random":
+        start = torch.randn(to_tensor(content_image).shape, generator=generator) * 0.1 + 0.5
+    else:
+        start = to_tensor(resize(load_image(init), (content_image.width, content_image.height)))
+    pixels = start.to(device).clone().requires_grad_(True)
+    best = pixels.detach().clone()
+    losses: list[float] = []
+    saved: list[Path] = []
+    last_terms: list[LossTerms] = []
+
+    def finish(image: torch.Tensor, path: Path) -> Path:
+        picture = to_image(image)
+        if original_colors:
+            picture = _luminance_transfer(picture, content_image)
+        return save_image(picture, path)
+
+    def closure() -> torch.Tensor:
+        terms, grad = runner.loss_and_grad(pixels.detach())
+        if not math.isfinite(terms.total) or not bool(torch.isfinite(grad).all()):
+            finish(best, output)
+            raise NumericalError(
+                f"loss became {terms.total} at evaluation {len(losses) + 1}; saved the last good image to {output} "
+                "(try a smaller learning rate or weights)"
+            )
+        best.copy_(pixels.detach())
+        losses.append(terms.total)
+        last_terms[:] = [terms]
+        pixels.grad = grad.to(pixels.dtype)
+        step = len(losses)
+        if progress:
+            progress(step, iterations, terms)
+        if save_every and step % save_every == 0 and step < iterations:
+            saved.append(finish(pixels.detach(), output.with_name(f"{output.stem}_{step}{output.suffix}")))
+        return torch.tensor(terms.total)
+
+    started = time.perf_counter()
+    try:
+        if optimizer == "lbfgs":
+            lbfgs = torch.optim.LBFGS(
+                [pixels], lr=1.0, max_iter=iterations, max_eval=iterations, tolerance_grad=-1.0, tolerance_change=-1.0, history_size=100
+            )
+            lbfgs.step(closure)
+        else:
+            adam = torch.optim.Adam([pixels], lr=learning_rate)
+            for _ in range(iterations):
+                adam.zero_grad(set_to_none=True)
+                closure()
+                adam.step()
+    except KeyboardInterrupt:
+        finish(pixels.detach(), output)
+        raise Interrupted(f"interrupted after {len(losses)} iteration(s); saved the current image to {output}") from None
+    seconds = time.perf_counter() - started
+    finish(pixels.detach(), output)
+    return StylizeResult(
+        output=output,
+        iterations=len(losses),
+        losses=losses,
+        seconds=seconds,
+        engine=runner.describe(),
+        weights=resolved.label,
+        timing_only=resolved.weight_set.synthetic,
+        final=last_terms[0] if last_terms else None,
+        saved=saved,
+    )

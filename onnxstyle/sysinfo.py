@@ -1,0 +1,61 @@
+"""A copy-pasteable system fingerprint: benchmarks are meaningless without the machine beside them."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def fingerprint() -> dict[str, object]:
+    """OS, CPU, RAM, GPU, Python and package versions, and ORT's providers."""
+    import psutil
+    import torch
+
+    from onnxstyle import __version__
+    from onnxstyle.providers import ort_package
+
+    try:
+        import onnxruntime as ort
+
+        providers = ort.get_available_providers()
+    except ImportError:
+        providers = []
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {
+        "onnxstyle": __version__,
+        "os": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_cores_logical": os.cpu_count(),
+        "cpu_cores_physical": psutil.cpu_count(logical=False),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpu": gpus or "none",
+        "cuda_torch": torch.version.cuda,
+        "cudnn_torch": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "onnx": _version("onnx"),
+        "onnxruntime": ort_package(),
+        "ort_providers_compiled_in": providers,
+    }
