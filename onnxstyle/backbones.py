@@ -78,14 +78,28 @@ class BackboneSpec:
         end = next(i for i, layer in enumerate(self.layers) if layer.name == last)
         return self.layers[: end + 1]
 
+    def feature_shape(self, layer: str, height: int, width: int) -> tuple[int, int, int] | None:
+        """(channels, height, width) of ``layer`` for an input of height×width; ``None`` if a window
+        would not fit inside its input somewhere on the way (the size is too small)."""
+        channels = 3
+        for spec in self.truncated([layer]):
+            if spec.kind == "conv":
+                channels = spec.out_channels
+            if spec.kind not in ("conv", "pool"):
+                continue
+            span_h, span_w = height + 2 * spec.padding - spec.kernel, width + 2 * spec.padding - spec.kernel
+            if span_h < 0 or span_w < 0:
+                return None
+            if spec.ceil_mode:
+                height, width = -(-span_h // spec.stride) + 1, -(-span_w // spec.stride) + 1
+            else:
+                height, width = span_h // spec.stride + 1, span_w // spec.stride + 1
+        return channels, height, width
+
     def min_size(self, names: Sequence[str]) -> int:
         """Smallest square input (pixels) for which every named layer has at least a 1×1 map."""
-        size = 1
-        for layer in reversed(self.truncated(names)):
-            if layer.kind in ("conv", "pool"):
-                size = (size - 1) * layer.stride + layer.kernel - 2 * layer.padding
-                size = max(size, 1)
-        return size
+        deepest = self.truncated(names)[-1].name
+        return next(size for size in range(1, 4096) if self.feature_shape(deepest, size, size) is not None)
 
     def receptive_field(self, names: Sequence[str]) -> int:
         """Receptive field (pixels) of one unit of the deepest named layer; tiling halos need it."""

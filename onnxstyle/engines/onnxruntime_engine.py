@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from onnxstyle.backbones import Backbone, BackboneSpec
+from onnxstyle.backbones import Backbone
 from onnxstyle.engines.base import Engine, EngineSpec
 from onnxstyle.exporters.export import build_features_model, build_loss_model, content_input, style_input
 from onnxstyle.exporters.graph import IMAGE_INPUT
@@ -22,22 +22,6 @@ from onnxstyle.weights import apply_weights
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
-def feature_shape(backbone: BackboneSpec, layer: str, height: int, width: int) -> tuple[int, int, int]:
-    """(channels, height, width) of ``layer``'s output for an input of height×width."""
-    channels = 3
-    for spec in backbone.truncated([layer]):
-        if spec.kind == "conv":
-            channels = spec.out_channels
-        if spec.kind in ("conv", "pool"):
-            span_h = height + 2 * spec.padding - spec.kernel
-            span_w = width + 2 * spec.padding - spec.kernel
-            if spec.ceil_mode:
-                height, width = -(-span_h // spec.stride) + 1, -(-span_w // spec.stride) + 1
-            else:
-                height, width = span_h // spec.stride + 1, span_w // spec.stride + 1
-    return channels, height, width
-
-
 def tensorrt_profile(spec: EngineSpec, sizes: list[tuple[int, int]]) -> ShapeProfile:
     """min/opt/max shapes over the requested (height, width) sizes for every dynamic input."""
     ordered = sorted(sizes, key=lambda size: size[0] * size[1])
@@ -46,7 +30,9 @@ def tensorrt_profile(spec: EngineSpec, sizes: list[tuple[int, int]]) -> ShapePro
     for key, (height, width) in picks.items():
         shapes[key] = {IMAGE_INPUT: [1, 3, height, width]}
         for layer in spec.content_layers:
-            channels, rows, cols = feature_shape(spec.backbone, layer, height, width)
+            shape = spec.backbone.feature_shape(layer, height, width)
+            assert shape is not None, f"{height}x{width} is too small for {layer}"
+            channels, rows, cols = shape
             shapes[key][content_input(layer)] = [1, channels, rows, cols]
     return ShapeProfile(shapes["min"], shapes["opt"], shapes["max"])
 

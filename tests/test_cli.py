@@ -1,0 +1,47 @@
+"""The console script: one line and a distinct exit code for every bad input, no tracebacks."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "onnxstyle.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_version_and_env():
+    assert run("--version").stdout.startswith("onnxstyle ")
+    facts = json.loads(run("env", "--json").stdout)
+    for key in ("os", "cpu", "ram_gb", "python", "torch", "onnxruntime", "ort_providers_compiled_in"):
+        assert key in facts
+
+
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (["stylize", "missing.png", "demo:style"], 3, "no such image file"),
+        (["stylize", "--demo", "--model", "alexnet"], 2, "unknown backbone"),
+        (["stylize", "--demo", "--style-layers", "relu4_2,relu7"], 2, "unknown layer(s) relu7"),
+        (["stylize", "--demo", "-o", "/nonexistent/x.png"], 4, "does not exist"),
+        (["stylize", "--demo", "--provider", "cuda"], 8, "not usable here"),
+        (["stylize", "--demo", "--weights", "vgg19"], 6, "vgg19-dcbb9e9d.pth"),
+        (["export", "vgg", "--opset", "21"], 2, "out of range"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, args, code, message):
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_demo_and_export_end_to_end(tmp_path):
+    result = run("stylize", "--demo", "--model", "nin", "--size", "64", "--iterations", "20", "-o", "demo.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "timing only" in result.stderr and "wrote demo.png" in result.stdout
+    exported = run("export", "nin", "--weights", "synthetic", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    assert len(list((tmp_path / "models").glob("nin-max-synthetic-*.loss.onnx"))) == 1

@@ -1,0 +1,124 @@
+"""Export parity: ONNX Runtime against torch, both backbones, both poolings, odd and non-square sizes."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from onnxstyle.backbones import get_backbone
+from onnxstyle.errors import ExportValidationError, OutputError, UsageError
+from onnxstyle.exporters.export import (
+    ALLOWED_OPS,
+    VALIDATION_SIZES,
+    build_features_model,
+    build_loss_model,
+    export_backbone,
+    operator_types,
+    relative_error,
+    validate_features,
+    validate_loss,
+)
+from onnxstyle.losses import LossWeights
+from onnxstyle.weights import create_backbone
+
+CASES = [(backbone, pooling) for backbone in ("vgg19", "nin") for pooling in ("max", "avg")]
+
+
+def _model(backbone, pooling):
+    spec = get_backbone(backbone)
+    content, style = list(spec.default_content_layers), list(spec.default_style_layers)
+    model, resolved = create_backbone(spec, list(dict.fromkeys([*style, *content])), pooling=pooling, weights="synthetic")
+    return model, resolved.preprocessing, content, style
+
+
+@pytest.mark.parametrize("backbone,pooling", CASES)
+def test_features_match_torch(backbone, pooling):
+    model, preprocessing, _, _ = _model(backbone, pooling)
+    graph = build_features_model(model, preprocessing)
+    onnx.checker.check_model(graph, full_check=True)
+    records = validate_features(graph, model, preprocessing)
+    assert {record.size for record in records} == set(VALIDATION_SIZES)
+    assert max(record.error for record in records) < 1e-5
+
+
+@pytest.mark.parametrize("backbone,pooling", CASES)
+@pytest.mark.parametrize(
+    "term,weights",
+    [("all", None), ("content", (5.0, 0.0, 0.0)), ("style", (0.0, 100.0, 0.0)), ("tv", (0.0, 0.0, 1e-3))],
+)
+def test_gradient_matches_autograd(backbone, pooling, term, weights):
+    model, preprocessing, content, style = _model(backbone, pooling)
+    graph = build_loss_model(model, preprocessing, content_layers=content, style_layers=style)
+    loss_weights = None
+    if weights is not None:
+        loss_weights = LossWeights((weights[0],) * len(content), (weights[1],) * len(style), weights[2])
+    sizes = VALIDATION_SIZES if term == "all" else ((64, 64), (97, 130), (131, 67))
+    records = validate_loss(graph, model, preprocessing, content, style, sizes, loss_weights)
+    grads = [record.error for record in records if record.output == "grad"]
+    assert len(grads) == 3 and max(grads) <= 1e-4
+
+
+@pytest.mark.parametrize("backbone,pooling", CASES)
+def test_loss_graph_uses_only_standard_inference_ops(backbone, pooling):
+    model, preprocessing, content, style = _model(backbone, pooling)
+    graph = build_loss_model(model, preprocessing, content_layers=content, style_layers=style)
+    ops = operator_types(graph)
+    assert ops <= ALLOWED_OPS, ops - ALLOWED_OPS
+    assert not ops & {"ConvTranspose", "MaxUnpool", "ScatterND", "ScatterElements", "Gradient"}
+    assert all(domain.domain in ("", "ai.onnx") for domain in graph.opset_import)
+    assert graph.opset_import[0].version <= 17
+    dims = [d.dim_param for d in graph.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[2:] == ["height", "width"]
+
+
+def test_validation_rejects_a_wrong_graph():
+    model, preprocessing, _, _ = _model("vgg19", "max")
+    graph = build_features_model(model, preprocessing)
+    weight = next(init for init in graph.graph.initializer if init.name.startswith("conv1_1_w"))
+    values = onnx.numpy_helper.to_array(weight) * 1.01
+    weight.CopyFrom(onnx.numpy_helper.from_array(values.astype(np.float32), weight.name))
+    with pytest.raises(ExportValidationError, match="relative error"):
+        validate_features(graph, model, preprocessing, [(64, 64)])
+
+
+def test_relative_error_is_normwise():
+    assert relative_error(np.array([1.0, 0.0]), np.array([1.0, 0.0])) == 0.0
+    assert relative_error(np.array([1.1, 0.0]), np.array([1.0, 0.0])) == pytest.approx(0.1)
+
+
+def test_export_writes_models_and_sidecar(tmp_path):
+    result = export_backbone(backbone="nin", weights="synthetic", models_dir=tmp_path, validation_sizes=[(64, 64), (97, 130), (256, 192)])
+    assert result.features_path.parent == tmp_path and result.features_path.name.endswith(".features.onnx")
+    meta = json.loads(result.metadata_path.read_text())
+    assert meta["backbone"] == "nin" and meta["opset"] == 17
+    assert meta["weights"]["timing_only"] is True
+    assert meta["weights"]["preprocessing"]["channel_order"] == "RGB"
+    assert meta["loss"]["content_layers"] == ["relu7"]
+    assert len({tuple(record["size"]) for record in meta["validation"]["records"]}) == 3
+    features = onnx.load(result.features_path)
+    assert [output.name for output in features.graph.output] == ["relu0", "relu3", "relu7", "relu10"]
+    loss = onnx.load(result.loss_path)
+    assert [output.name for output in loss.graph.output] == ["loss", "content_losses", "style_losses", "tv_loss", "grad"]
+
+
+def test_export_bad_input(tmp_path):
+    with pytest.raises(UsageError, match="opset 19 is out of range"):
+        export_backbone(backbone="vgg", weights="synthetic", opset=19, models_dir=tmp_path)
+    with pytest.raises(UsageError, match="unknown layer"):
+        export_backbone(backbone="vgg", weights="synthetic", layers="relu12", models_dir=tmp_path)
+    with pytest.raises(OutputError):
+        export_backbone(backbone="nin", weights="synthetic", output=tmp_path / "missing" / "x.onnx")
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_features_graph_accepts_other_batch_free_sizes():
+    model, preprocessing, _, _ = _model("nin", "max")
+    graph = build_features_model(model, preprocessing)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    for height, width in ((80, 80), (123, 301)):
+        outputs = session.run(None, {"image": torch.rand(1, 3, height, width).numpy()})
+        assert outputs[0].shape[2:] == ((height - 11) // 4 + 1, (width - 11) // 4 + 1)
