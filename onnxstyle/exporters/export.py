@@ -288,6 +288,17 @@ class ValidationRecord:
     tolerance: float
 
 
+def _checked(graph: str, size: tuple[int, int], output: str, actual: np.ndarray, expected: np.ndarray, tolerance: float) -> ValidationRecord:
+    """One comparison against torch; beyond tolerance it is a typed error, not a warning."""
+    error = relative_error(np.asarray(actual), expected)
+    if not error <= tolerance:
+        raise ExportValidationError(
+            f"exported {graph} graph disagrees with torch at {size[0]}x{size[1]} ({output}): "
+            f"relative error {error:.2e} > {tolerance:.0e}"
+        )
+    return ValidationRecord(graph, size, output, error, tolerance)
+
+
 def _session(model: onnx.ModelProto) -> object:
     import onnxruntime as ort
 
@@ -313,13 +324,7 @@ def validate_features(
             expected = model(preprocessing.to_model(image))
         actual = dict(zip([o.name for o in session.get_outputs()], session.run(None, {IMAGE_INPUT: image.numpy()}), strict=True))  # type: ignore[attr-defined]
         for layer, reference in expected.items():
-            error = relative_error(actual[layer], reference.numpy())
-            records.append(ValidationRecord("features", size, layer, error, FEATURE_TOLERANCE))
-            if not error <= FEATURE_TOLERANCE:
-                raise ExportValidationError(
-                    f"exported features disagree with torch at {size[0]}x{size[1]}, layer {layer}: "
-                    f"relative error {error:.2e} > {FEATURE_TOLERANCE:.0e}"
-                )
+            records.append(_checked("features", size, layer, actual[layer], reference.numpy(), FEATURE_TOLERANCE))
     return records
 
 
@@ -371,14 +376,8 @@ def validate_loss(
         masks = {name.removeprefix(RELU_CHOICE): torch.from_numpy(value) for name, value in outputs.items() if name.startswith(RELU_CHOICE)}
         reference = with_decisions(model, choices, masks)
         loss, grad = torch_loss_and_grad(reference, preprocessing, image, content_targets, style_targets, weights)
-        for name, actual, expected in (("loss", outputs["loss"], loss.numpy()), ("grad", outputs["grad"], grad.numpy())):
-            error = relative_error(np.asarray(actual), expected)
-            records.append(ValidationRecord("loss", size, name, error, GRADIENT_TOLERANCE))
-            if not error <= GRADIENT_TOLERANCE:
-                raise ExportValidationError(
-                    f"exported loss graph disagrees with torch autograd at {size[0]}x{size[1]} ({name}): "
-                    f"relative error {error:.2e} > {GRADIENT_TOLERANCE:.0e}"
-                )
+        for name, expected in (("loss", loss), ("grad", grad)):
+            records.append(_checked("loss", size, name, outputs[name], expected.numpy(), GRADIENT_TOLERANCE))
     return records
 
 
