@@ -11,7 +11,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -368,12 +368,19 @@ def apply_weights(model: Backbone, resolved: ResolvedWeights) -> Backbone:
     return model.eval()
 
 
-def create_backbone(
-    backbone: BackboneSpec, layers: list[str], *, pooling: Literal["max", "avg"] = "max", weights: str = "auto"
-) -> tuple[Backbone, ResolvedWeights]:
-    """Build, weight and freeze a backbone in one call (the timm-style entry point)."""
-    resolved = resolve(weights, backbone)
+def build_backbone(
+    backbone: BackboneSpec, layers: Sequence[str], *, pooling: Literal["max", "avg"], resolved: ResolvedWeights
+) -> Backbone:
+    """Build, weight and freeze a backbone from weights already resolved (and hashed) once."""
     model = apply_weights(Backbone(backbone, layers, pooling), resolved)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    return model, resolved
+    return model
+
+
+def create_backbone(
+    backbone: BackboneSpec, layers: list[str], *, pooling: Literal["max", "avg"] = "max", weights: str = "auto"
+) -> tuple[Backbone, ResolvedWeights]:
+    """Resolve weights, then build, weight and freeze a backbone (the timm-style entry point)."""
+    resolved = resolve(weights, backbone)
+    return build_backbone(backbone, layers, pooling=pooling, resolved=resolved), resolved

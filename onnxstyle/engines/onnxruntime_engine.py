@@ -11,13 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from onnxstyle.backbones import Backbone
 from onnxstyle.engines.base import Engine, EngineSpec
 from onnxstyle.exporters.export import build_features_model, build_loss_model, content_input, style_input
 from onnxstyle.exporters.graph import IMAGE_INPUT
 from onnxstyle.losses import LossTerms
 from onnxstyle.providers import ProviderConfig, ShapeProfile, create_session, ort_package
-from onnxstyle.weights import apply_weights
+from onnxstyle.weights import build_backbone
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
@@ -45,7 +44,7 @@ class OnnxRuntimeEngine(Engine):
         if config.provider == "TensorrtExecutionProvider" and config.profile is None and sizes:
             config.profile = tensorrt_profile(spec, sizes)
         self.config = config
-        model = apply_weights(Backbone(spec.backbone, spec.layers, spec.pooling), spec.weights)
+        model = build_backbone(spec.backbone, spec.layers, pooling=spec.pooling, resolved=spec.weights)
         preprocessing = spec.weights.preprocessing
         loss_graph = build_loss_model(
             model, preprocessing, content_layers=spec.content_layers, style_layers=spec.style_layers

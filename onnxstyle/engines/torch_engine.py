@@ -7,8 +7,7 @@ import torch
 from onnxstyle.engines.base import Engine, EngineSpec
 from onnxstyle.errors import ProviderError
 from onnxstyle.losses import LossTerms, gram_matrix, objective
-from onnxstyle.weights import apply_weights
-from onnxstyle.backbones import Backbone
+from onnxstyle.weights import build_backbone
 
 
 def torch_device(name: str) -> torch.device:
@@ -33,10 +32,7 @@ class TorchEngine(Engine):
         if self._device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
-        model = apply_weights(Backbone(spec.backbone, spec.layers, spec.pooling), spec.weights)
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        self.model = model.to(self._device)
+        self.model = build_backbone(spec.backbone, spec.layers, pooling=spec.pooling, resolved=spec.weights).to(self._device)
 
     @property
     def device(self) -> torch.device:

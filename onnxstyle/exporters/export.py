@@ -37,7 +37,7 @@ from onnxstyle.exporters.graph import (
     image_input,
 )
 from onnxstyle.losses import LossWeights, gram_matrix, objective
-from onnxstyle.weights import Preprocessing, ResolvedWeights, create_backbone
+from onnxstyle.weights import Preprocessing, ResolvedWeights, build_backbone, resolve
 
 FEATURE_TOLERANCE = 1e-4
 GRADIENT_TOLERANCE = 1e-4
@@ -436,11 +436,12 @@ def export_backbone(
     if not output.parent.is_dir() or not os.access(output.parent, os.W_OK):
         raise OutputError(f"{output}: directory {output.parent} does not exist or is not writable")
     started = time.perf_counter()
-    features_model, resolved = create_backbone(spec, feature_layers, pooling=pooling, weights=weights)
+    resolved = resolve(weights, spec)
+    features_model = build_backbone(spec, feature_layers, pooling=pooling, resolved=resolved)
     features_graph = build_features_model(features_model, resolved.preprocessing, opset=opset)
     onnx.checker.check_model(features_graph, full_check=True)
     records = validate_features(features_graph, features_model, resolved.preprocessing, validation_sizes)
-    loss_model, _ = create_backbone(spec, list(dict.fromkeys([*content, *style])), pooling=pooling, weights=weights)
+    loss_model = build_backbone(spec, list(dict.fromkeys([*content, *style])), pooling=pooling, resolved=resolved)
     loss_graph = build_loss_model(loss_model, resolved.preprocessing, content_layers=content, style_layers=style, opset=opset)
     onnx.checker.check_model(loss_graph, full_check=True)
     records += validate_loss(loss_graph, loss_model, resolved.preprocessing, content, style, validation_sizes)
