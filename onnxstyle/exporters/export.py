@@ -29,6 +29,7 @@ from onnxstyle.exporters.graph import (
     IMAGE_INPUT,
     MAX_OPSET,
     POOL_CHOICE,
+    POOL_MASK,
     RELU_CHOICE,
     MIN_OPSET,
     WIDTH,
@@ -45,7 +46,7 @@ VALIDATION_SIZES: tuple[tuple[int, int], ...] = ((64, 64), (97, 130), (256, 192)
 LOSS_OUTPUTS = ("loss", "content_losses", "style_losses", "tv_loss", "grad")
 ALLOWED_OPS = frozenset(
     "Add Cast Concat Conv ConstantOfShape DepthToSpace Div Equal Gather Greater MatMul MaxPool AveragePool "
-    "Mul Not Or And Pad ReduceSum Relu Reshape Shape Size Slice Sub Sum Transpose Where".split()
+    "Mul Not Or And Pad ReduceSum Relu Reshape Resize Shape Size Slice Sub Sum Transpose Where".split()
 )
 
 
@@ -206,12 +207,34 @@ class _RoutedMaxPoolFunction(torch.autograd.Function):
         return placed[:, :, : shape[2], : shape[3]], None, None, None, None
 
 
+class _MaskedMaxPoolFunction(torch.autograd.Function):
+    """Max pool (kernel == stride) whose backward sends the gradient to a given full-resolution mask."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, mask: torch.Tensor, kernel: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(mask)
+        ctx.kernel = kernel  # type: ignore[attr-defined]
+        return torch.nn.functional.max_pool2d(x, kernel, kernel)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        (mask,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        kernel = ctx.kernel  # type: ignore[attr-defined]
+        spread = grad.repeat_interleave(kernel, dim=2).repeat_interleave(kernel, dim=3)
+        spread = torch.nn.functional.pad(spread, (0, mask.shape[3] - spread.shape[3], 0, mask.shape[2] - spread.shape[2]))
+        return spread * mask.to(grad.dtype), None, None
+
+
 class _RoutedMaxPool(torch.nn.Module):
-    def __init__(self, pool: torch.nn.MaxPool2d, choices: torch.Tensor) -> None:
+    """Per-offset choices (overlapping pools) or one full-resolution mask (tiling pools)."""
+
+    def __init__(self, pool: torch.nn.MaxPool2d, choices: torch.Tensor, full_mask: bool = False) -> None:
         super().__init__()
-        self.pool, self.choices = pool, choices
+        self.pool, self.choices, self.full_mask = pool, choices, full_mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.full_mask:
+            return _MaskedMaxPoolFunction.apply(x, self.choices, self.pool.kernel_size)
         return _RoutedMaxPoolFunction.apply(x, self.choices, self.pool.kernel_size, self.pool.stride, self.pool.ceil_mode)
 
 
@@ -236,7 +259,12 @@ class _RoutedRelu(torch.nn.Module):
         return _RoutedReluFunction.apply(x, self.mask)
 
 
-def with_decisions(model: Backbone, pool_choices: dict[str, torch.Tensor], relu_masks: dict[str, torch.Tensor]) -> Backbone:
+def with_decisions(
+    model: Backbone,
+    pool_choices: dict[str, torch.Tensor],
+    relu_masks: dict[str, torch.Tensor],
+    pool_masks: dict[str, torch.Tensor] | None = None,
+) -> Backbone:
     """A copy of ``model`` whose ReLUs and max pools route gradients as the ONNX graph decided.
 
     These gradients jump where a pre-activation is near 0 or two window values nearly tie, and
@@ -249,6 +277,8 @@ def with_decisions(model: Backbone, pool_choices: dict[str, torch.Tensor], relu_
     routed.body = torch.nn.ModuleDict(dict(model.body.items()))
     for layer, choice in pool_choices.items():
         routed.body[layer] = _RoutedMaxPool(model.body[layer], choice)  # type: ignore[arg-type]
+    for layer, mask in (pool_masks or {}).items():
+        routed.body[layer] = _RoutedMaxPool(model.body[layer], mask, full_mask=True)  # type: ignore[arg-type]
     for layer, mask in relu_masks.items():
         routed.body[layer] = _RoutedRelu(mask)
     return routed
@@ -259,7 +289,7 @@ def _with_choice_outputs(graph: onnx.ModelProto) -> onnx.ModelProto:
     exposed.CopyFrom(graph)
     for node in graph.graph.node:
         for name in node.output:
-            if name.startswith((POOL_CHOICE, RELU_CHOICE)):
+            if name.startswith((POOL_CHOICE, POOL_MASK, RELU_CHOICE)):
                 exposed.graph.output.append(helper.make_tensor_value_info(name, TensorProto.BOOL, None))
     return exposed
 
@@ -374,7 +404,8 @@ def validate_loss(
         outputs = dict(zip(names, session.run(None, loss_feeds(image.numpy(), content_targets, style_targets, weights)), strict=True))  # type: ignore[attr-defined]
         choices = _stack_choices({name: value for name, value in outputs.items() if name.startswith(POOL_CHOICE)})
         masks = {name.removeprefix(RELU_CHOICE): torch.from_numpy(value) for name, value in outputs.items() if name.startswith(RELU_CHOICE)}
-        reference = with_decisions(model, choices, masks)
+        pool_masks = {name.removeprefix(POOL_MASK): torch.from_numpy(value) for name, value in outputs.items() if name.startswith(POOL_MASK)}
+        reference = with_decisions(model, choices, masks, pool_masks)
         loss, grad = torch_loss_and_grad(reference, preprocessing, image, content_targets, style_targets, weights)
         for name, expected in (("loss", loss), ("grad", grad)):
             records.append(_checked("loss", size, name, outputs[name], expected.numpy(), GRADIENT_TOLERANCE))

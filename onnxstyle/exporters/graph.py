@@ -5,11 +5,15 @@ builds and TensorRT lack (REFERENCE §5), so the gradient is written out here as
 computation. The same ``LayerSpec`` list drives the torch modules, which keeps the two in step.
 
 Adjoint forms, chosen so every execution provider runs them and the CPU EP can use NCHWc Conv:
-- ReLU: ``Where(y > 0, g, 0)``;
+- ReLU: ``g · Cast(y > 0)`` (Mul by a 0/1 mask runs faster than Where on the CPU EP);
 - stride-1 Conv: Conv with flipped, in/out-transposed weights and pads ``k - 1 - p``;
 - strided Conv: one flipped sub-kernel per stride phase in a single Conv, then DepthToSpace;
-- max/avg pool: one mask per window offset (first maximum wins, as in torch), placed by
-  DepthToSpace; no MaxUnpool, ScatterND or ConvTranspose anywhere.
+- non-overlapping pool (VGG's 2×2/2): windows tile the input, so the adjoint is the gradient
+  upsampled by an exact nearest Resize times one full-resolution mask ``x == upsample(y)``; a ReLU just
+  before it folds its ``x > 0`` into the same mask (ties between positive values, which
+  torch breaks by first index, have probability zero; ties at 0 are removed by that ReLU term);
+- overlapping pool (NIN's 3×3/2 ceil): one mask per window offset (first maximum wins, as in torch),
+  placed by DepthToSpace; no MaxUnpool, ScatterND or ConvTranspose anywhere.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ MAX_OPSET = 17
 IMAGE_INPUT = "image"
 HEIGHT, WIDTH = "height", "width"
 POOL_CHOICE = "pool_choice."
+POOL_MASK = "pool_mask."
 RELU_CHOICE = "relu_choice."
 
 
@@ -110,6 +115,10 @@ class NetworkGraph:
         self.tensors: list[LayerTensors] = []
         self.model_input = ""
         self.pool_choices: dict[str, list[str]] = {}
+        self.producers: dict[str, LayerTensors] = {}
+        self.seeded: set[str] = set()
+        self.folded_relus: set[str] = set()
+        self.positive: dict[str, str] = {}
 
     def forward(self, image: str) -> dict[str, str]:
         b = self.b
@@ -122,6 +131,7 @@ class NetworkGraph:
         for layer in self.model.layer_specs:
             y = self._layer_forward(layer, x)
             self.tensors.append(LayerTensors(layer, x, y))
+            self.producers[y] = self.tensors[-1]
             outputs[layer.name] = y
             x = y
         return outputs
@@ -163,6 +173,7 @@ class NetworkGraph:
     def backward(self, seeds: dict[str, str]) -> str:
         """Propagate per-layer output gradients (``seeds``) back to the model input."""
         grad: str | None = None
+        self.seeded = set(seeds)
         for tensors in reversed(self.tensors):
             seed = seeds.get(tensors.spec.name)
             if seed is not None:
@@ -177,14 +188,26 @@ class NetworkGraph:
         b = self.b
         layer = tensors.spec
         if layer.kind == "relu":
-            positive = b.op("Greater", [tensors.output, b.scalar(0.0)])
-            b.nodes.append(helper.make_node("Identity", [positive], [f"{RELU_CHOICE}{layer.name}"]))
-            return b.op("Where", [positive, grad, b.scalar(0.0)], f"{layer.name}_adj")
+            if layer.name in self.folded_relus:
+                return grad
+            return self._masked(grad, self._relu_positive(tensors), f"{layer.name}_adj")
         if layer.kind == "conv":
             return self._conv_adjoint(layer, tensors, grad)
         if layer.kind == "pool":
             return self._pool_adjoint(layer, tensors, grad)
         return grad
+
+    def _masked(self, grad: str, mask: str, hint: str) -> str:
+        """``grad`` where ``mask`` holds, else 0; Mul by a 0/1 tensor runs faster than Where on CPU."""
+        return self.b.op("Mul", [grad, self.b.op("Cast", [mask], "mask", to=TensorProto.FLOAT)], hint)
+
+    def _relu_positive(self, tensors: LayerTensors) -> str:
+        """``y > 0`` for a ReLU output, built once and exposed for validation."""
+        name = tensors.spec.name
+        if name not in self.positive:
+            self.positive[name] = self.b.op("Greater", [tensors.output, self.b.scalar(0.0)])
+            self.b.nodes.append(helper.make_node("Identity", [self.positive[name]], [f"{RELU_CHOICE}{name}"]))
+        return self.positive[name]
 
     def _conv_adjoint(self, layer: LayerSpec, tensors: LayerTensors, grad: str) -> str:
         b = self.b
@@ -223,9 +246,43 @@ class NetworkGraph:
         ends = b.op("Add", [size, starts])
         return b.op("Slice", [tensor, starts, ends, b.ints(2, 3)], "crop")
 
+    def _upsample(self, x: str, factor: int) -> str:
+        """Nearest-neighbour upsampling by an integer factor (exact: asymmetric coordinates, floor)."""
+        b = self.b
+        scales = b.const(np.array([1, 1, factor, factor], np.float32), "scales")
+        return b.op(
+            "Resize", [x, "", scales], "upsampled",
+            mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor",
+        )
+
+    def _pad_to(self, tensor: str, like: str, value: float) -> str:
+        """Pad ``tensor`` at the bottom/right to ``like``'s spatial size (floor-mode pools drop a remainder)."""
+        b = self.b
+        missing = b.op("Sub", [b.op("Shape", [like]), b.op("Shape", [tensor])])
+        pads = b.op("Concat", [b.ints(0, 0, 0, 0), missing], axis=0)
+        return b.op("Pad", [tensor, pads, b.scalar(value)], "padded")
+
+    def _tiling_pool_adjoint(self, layer: LayerSpec, tensors: LayerTensors, grad: str) -> str:
+        """Adjoint of a pool whose windows tile the input (kernel == stride, floor mode)."""
+        b = self.b
+        k = layer.kernel
+        spread = self._pad_to(self._upsample(grad, k), tensors.input, 0.0)
+        if self.pooling == "avg":
+            return b.op("Mul", [spread, b.scalar(1.0 / (k * k))], f"{layer.name}_adj")
+        reach = self._pad_to(self._upsample(tensors.output, k), tensors.input, math.nan)
+        mask = b.op("Equal", [tensors.input, reach], "is_max")
+        b.nodes.append(helper.make_node("Identity", [mask], [f"{POOL_MASK}{layer.name}"]))
+        producer = self.producers.get(tensors.input)
+        if producer is not None and producer.spec.kind == "relu" and producer.spec.name not in self.seeded:
+            mask = b.op("And", [mask, self._relu_positive(producer)], "is_positive_max")
+            self.folded_relus.add(producer.spec.name)
+        return self._masked(spread, mask, f"{layer.name}_adj")
+
     def _pool_adjoint(self, layer: LayerSpec, tensors: LayerTensors, grad: str) -> str:
         b = self.b
         k, s = layer.kernel, layer.stride
+        if k == s and not layer.ceil_mode:
+            return self._tiling_pool_adjoint(layer, tensors, grad)
         taps = math.ceil(k / s)
         offsets = [(row, col) for row in range(k) for col in range(k)]
         if self.pooling == "max":
