@@ -24,7 +24,10 @@ app = typer.Typer(
 )
 weights_app = typer.Typer(help="The weights catalogue: list, verify, where.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
-out = Console()
+report_app = typer.Typer(help="Saved bench reports: show, compare.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+# Piped output (CI logs, `| tee`) gets room for the wide bench tables instead of rich's 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 
@@ -183,6 +186,129 @@ def stylize(
         highlight=False,
         markup=False,
     )
+
+
+@app.command()
+def bench(
+    provider: Annotated[Optional[str], typer.Option(help="Comma list: cpu, cuda, tensorrt, … (ONNX Runtime), torch, torch-cuda, eager, eager-cuda; or all. Default: every usable one.")] = None,
+    model: Annotated[str, typer.Option(help="Comma list of vgg19/vgg, nin.")] = "vgg19,nin",
+    sizes: Annotated[str, typer.Option(help="Comma list of square sizes or WIDTHxHEIGHT.")] = "64,128,256",
+    precision: Annotated[str, typer.Option(help="Comma list of precisions.")] = "fp32",
+    duration: Annotated[float, typer.Option(help="Seconds of timed iterations per cell, split over --runs windows.")] = 6.0,
+    iterations: Annotated[Optional[int], typer.Option(help="Iterations per window instead of --duration.")] = None,
+    runs: Annotated[int, typer.Option(help="Timed windows per cell (median and spread are over these).")] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed iterations after the first.")] = 3,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads, pinned for every runner (default: CPUs available to this process).")] = None,
+    weights: Annotated[str, typer.Option(help="auto | synthetic | catalogue id | PATH (auto: real if present, else synthetic, timing only).")] = "auto",
+    check: Annotated[bool, typer.Option(help="Gradient check against torch autograd per runner and model.")] = True,
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the JSON, CSV, Markdown and PNG reports.")] = Path("reports"),
+    name: Annotated[Optional[str], typer.Option(help="Report file stem (default bench-YYYYmmdd-HHMMSS).")] = None,
+) -> None:
+    """Iterations per minute by runner × model × size, beside the 2016 study; writes reports."""
+    import time
+
+    from onnxstyle.bench import BenchOptions, Cell, parse_models, parse_precisions, parse_sizes, run_bench, select_runners
+    from onnxstyle.report import check_directory, new_report, write_report
+    from onnxstyle.weights import resolve
+
+    models = parse_models(model)
+    size_list = parse_sizes(sizes)
+    precisions = parse_precisions(precision)
+    check_directory(out_dir)
+    runners, skipped = select_runners(provider)
+    options = BenchOptions(
+        runners=runners, models=models, sizes=size_list, precisions=precisions, duration=None if iterations else duration,
+        iterations=iterations, runs=runs, warmup=warmup, threads=threads, weights=weights, check=check, skipped=skipped,
+    )
+    labels = {spec.name: resolve(weights, spec).label for spec in models}
+    if any("timing only" in label for label in labels.values()):
+        err.print("[yellow]weights: synthetic — timing only (speed is what is measured; images are not meaningful)[/]")
+    total = len(runners) * len(models) * len(size_list) * len(precisions)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} cells"),
+        TextColumn("{task.fields[state]}"), TimeElapsedColumn(), console=err,
+    )
+    task = progress.add_task("bench", total=total, state="measuring the fp32 GEMM roof")
+
+    def on_progress(cell: Cell, state: str) -> None:
+        progress.update(task, description=f"{cell.model} {cell.runner} {cell.width}x{cell.height}", state=state)
+
+    def on_cell(cell: Cell) -> None:
+        progress.advance(task)
+        figure = f"{cell.stats['median']:,.1f} it/min" if cell.stats else f"{cell.status}: {cell.reason}"
+        progress.console.print(f"  {cell.model:6} {cell.runner:14} {cell.width}x{cell.height:<5} {figure}", highlight=False)
+
+    with progress:
+        cells, roofs, interrupted = run_bench(options, progress=on_progress, on_cell=on_cell)
+    report = new_report(cells, options.as_dict(), roofs, labels, ["onnxstyle", *sys.argv[1:]], interrupted)
+    stem = name or time.strftime("bench-%Y%m%d-%H%M%S")
+    paths = write_report(report, out_dir, stem)
+    _show(report)
+    for kind, path in paths.items():
+        out.print(f"{kind:4} {path}", highlight=False)
+    if interrupted:
+        raise typer.Exit(130)
+
+
+def _show(report: object) -> None:
+    from onnxstyle.report import Report, detail_table, speed_table, system_lines
+
+    assert isinstance(report, Report)
+    for line in system_lines(report):
+        out.print(line, highlight=False, markup=False)
+    if report.interrupted:
+        out.print("[yellow]interrupted: unfinished cells are marked[/]")
+    out.print(speed_table(report))
+    out.print(detail_table(report))
+
+
+@report_app.command("show")
+def report_show(path: Annotated[Path, typer.Argument(help="A bench report (.json).")]) -> None:
+    """Re-render a saved bench report."""
+    from onnxstyle.report import load_report
+
+    _show(load_report(path))
+
+
+@report_app.command("compare")
+def report_compare(
+    paths: Annotated[list[Path], typer.Argument(help="Two or more reports; the first is the baseline.")],
+    plot_path: Annotated[Path, typer.Option("--plot", help="Where to write the comparison plot.")] = Path("comparison.png"),
+) -> None:
+    """How the machines differ, then each cell's speed relative to the first report (± uncertainty)."""
+    from onnxstyle.errors import UsageError
+    from onnxstyle.report import compare_plot, load_report, machine_differences, relative_speeds
+
+    if len(paths) < 2:
+        raise UsageError("report compare needs at least two reports (the first is the baseline)")
+    reports = [load_report(path) for path in paths]
+    names = [path.name for path in paths]
+    differences = Table()
+    differences.add_column("fact")
+    for label in names:
+        differences.add_column(label)
+    for row in machine_differences(reports):
+        differences.add_row(*row)
+    if differences.row_count == 0:
+        out.print("machines and software: identical fingerprints")
+    else:
+        out.print("[bold]how the machines and software differ[/bold]")
+        out.print(differences)
+    baseline = reports[0]
+    for other, label in zip(reports[1:], names[1:], strict=True):
+        ratios = relative_speeds(baseline, other)
+        table = Table()
+        for column in ("model", "runner", "precision", "size", f"it/min {names[0]}", f"it/min {label}", "ratio"):
+            table.add_column(column, justify="left" if column in ("model", "runner", "precision") else "right")
+        for ratio in ratios:
+            runner, model, width, height, precision = ratio.key
+            table.add_row(model, runner, precision, f"{width}x{height}", f"{ratio.baseline:,.1f}", f"{ratio.other:,.1f}", f"{ratio.ratio:.2f}× ±{ratio.uncertainty:.2f}")
+        if not ratios:
+            out.print(f"{label}: no cells in common with {names[0]}")
+        else:
+            out.print(f"[bold]{label} relative to {names[0]}[/bold] (ratio >1 is faster; ± from both runs' spreads)", highlight=False)
+            out.print(table)
+    out.print(f"plot {compare_plot(baseline, reports[1:], plot_path)}", highlight=False)
 
 
 @weights_app.command("list")

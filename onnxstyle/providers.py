@@ -68,6 +68,7 @@ class ProviderConfig:
     cache_dir: Path = Path("models") / "cache"
     profile: ShapeProfile | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    memory_arena: bool = True
 
     def options(self) -> dict[str, str]:
         """Provider options per the ONNX Runtime documentation, with TF32 and algo search pinned."""
@@ -105,6 +106,7 @@ def session_options(config: ProviderConfig) -> Any:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_cpu_mem_arena = config.memory_arena
     if config.threads:
         options.intra_op_num_threads = config.threads
         options.inter_op_num_threads = 1

@@ -26,6 +26,13 @@ def _version(name: str) -> str:
         return "not installed"
 
 
+def default_threads() -> int:
+    """The CPUs this process may run on (affinity, not the host's count: containers pin fewer)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def fingerprint() -> dict[str, object]:
     """OS, CPU, RAM, GPU, Python and package versions, and ORT's providers."""
     import psutil

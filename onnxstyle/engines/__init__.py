@@ -22,7 +22,9 @@ def create_engine(
         from onnxstyle.engines.onnxruntime_engine import OnnxRuntimeEngine
         from onnxstyle.providers import ProviderConfig, canonical
 
-        return OnnxRuntimeEngine(spec, ProviderConfig(canonical(provider), threads=threads), sizes)
+        from onnxstyle.sysinfo import default_threads
+
+        return OnnxRuntimeEngine(spec, ProviderConfig(canonical(provider), threads=threads or default_threads()), sizes)
     if key == "torch":
         from onnxstyle.engines.torch_engine import TorchEngine
 

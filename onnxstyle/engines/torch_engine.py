@@ -6,6 +6,7 @@ import torch
 
 from onnxstyle.engines.base import Engine, EngineSpec
 from onnxstyle.errors import ProviderError
+from onnxstyle.sysinfo import default_threads
 from onnxstyle.losses import LossTerms, gram_matrix, objective
 from onnxstyle.weights import build_backbone
 
@@ -27,8 +28,7 @@ class TorchEngine(Engine):
     def __init__(self, spec: EngineSpec, device: str = "cpu", threads: int | None = None) -> None:
         super().__init__(spec)
         self._device = torch_device(device)
-        if threads:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(threads or default_threads())
         if self._device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False

@@ -185,7 +185,6 @@ class NetworkGraph:
         return grad
 
     def _layer_adjoint(self, tensors: LayerTensors, grad: str) -> str:
-        b = self.b
         layer = tensors.spec
         if layer.kind == "relu":
             if layer.name in self.folded_relus:

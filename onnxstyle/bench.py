@@ -1,0 +1,702 @@
+"""How fast does the style loop run here? Iterations per minute by runner × model × size × precision.
+
+Method (REFERENCE §7, hyperfine/torch.utils.benchmark style): one iteration is one Adam step
+including loss and gradient; setup (graph build, session creation, engine build, targets) and the
+first iteration are timed apart; then warm-up iterations; then several timed windows, each closed by
+a device synchronisation. A cell reports the median of its windows' it/min with min/max and IQR,
+keeps every per-iteration time, the loop overhead (share of an iteration outside loss+gradient),
+peak RSS sampled while it runs, achieved GFLOP/s against this machine's measured fp32 GEMM rate, and
+a gradient check against torch autograd at a small size. A cell that would not fit in free memory
+is skipped with the estimate, never attempted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any, Protocol
+
+import torch
+
+from onnxstyle.backbones import BackboneSpec, get_backbone
+from onnxstyle.engines import Engine, EngineSpec, create_engine
+from onnxstyle.errors import OnnxstyleError, ProviderError, UsageError
+from onnxstyle.images import demo_content, demo_style, parse_size, to_tensor
+from onnxstyle.losses import LossWeights
+from onnxstyle.sysinfo import default_threads
+from onnxstyle.weights import ResolvedWeights, resolve
+
+DEFAULT_SIZES = "64,128,256"
+DEFAULT_MODELS = "vgg19,nin"
+PRECISIONS = ("fp32",)
+CHECK_SIZE = 64
+LOSS_TOLERANCE = 1e-4
+# ReLU/max-pool gradients jump at kinks, and two fp32 runtimes may decide a near-kink differently,
+# so whole-gradient agreement is ~1e-6 typically but up to ~1e-2 (exact parity of the arithmetic is
+# proven at export with shared decisions, 1e-4). This bound catches wrong gradients, not rounding.
+GRADIENT_TOLERANCE = 5e-2
+LEARNING_RATE = 0.02
+
+
+# ---------------------------------------------------------------- runners
+
+
+@dataclass(frozen=True)
+class Runner:
+    """What runs the loop: our engines on an ORT provider or torch device, or the plain eager loop."""
+
+    engine: str  # onnxruntime | torch | eager
+    target: str  # ORT provider short name, or torch device
+
+    @property
+    def label(self) -> str:
+        return f"{'ort' if self.engine == 'onnxruntime' else self.engine}-{self.target}"
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.target not in ("cpu", "openvino", "xnnpack")
+
+    @property
+    def device(self) -> str:
+        """The torch device the loop's tensors live on."""
+        return "cuda" if self.target in ("cuda", "tensorrt") else "cpu"
+
+
+def parse_runner(text: str) -> Runner:
+    """``cpu``/``cuda``/``tensorrt`` (ONNX Runtime providers), ``ort-cpu``, ``torch``, ``torch-cuda``, ``eager``…"""
+    from onnxstyle.providers import canonical, short_name
+
+    name = text.strip().replace(":", "-")
+    if not name:
+        raise UsageError("empty provider name in --provider")
+    head, _, tail = name.lower().partition("-")
+    if head in ("torch", "eager"):
+        if tail not in ("", "cpu", "cuda"):
+            raise UsageError(f"unknown {head} device '{tail}' in --provider; use {head}, {head}-cpu or {head}-cuda")
+        return Runner(head, tail or "cpu")
+    if head in ("ort", "onnxruntime"):
+        name = name.partition("-")[2] or "cpu"
+    try:
+        return Runner("onnxruntime", short_name(canonical(name)))
+    except UsageError:
+        raise UsageError(
+            f"unknown provider '{text}'; use ONNX Runtime providers (cpu, cuda, tensorrt, …, or ort-NAME), "
+            "torch, torch-cuda, eager, eager-cuda, or all"
+        ) from None
+
+
+def runner_status(runner: Runner) -> str | None:
+    """Why ``runner`` cannot run here, or ``None`` when it can (ORT providers are probed for real)."""
+    if runner.engine in ("torch", "eager"):
+        if runner.target == "cuda" and not torch.cuda.is_available():
+            return "torch.cuda.is_available() is False"
+        return None
+    from onnxstyle.providers import canonical, probe_providers
+
+    provider = canonical(runner.target)
+    for status in probe_providers():
+        if status.name == provider:
+            return None if status.usable else status.reason
+    return f"{provider} is not in this onnxruntime build"
+
+
+def all_runners() -> list[Runner]:
+    """Every runner this installation knows about, usable or not."""
+    import onnxruntime as ort
+
+    from onnxstyle.providers import short_name
+
+    runners = [Runner("onnxruntime", short_name(name)) for name in ort.get_available_providers()]
+    runners += [Runner(engine, device) for engine in ("torch", "eager") for device in ("cpu", "cuda")]
+    return runners
+
+
+def select_runners(text: str | None) -> tuple[list[Runner], dict[Runner, str]]:
+    """(runners to measure, runners skipped with their reason).
+
+    No option: every usable runner, silently leaving the rest out. ``all``: every known runner,
+    unusable ones reported as skipped. An explicit list: an unusable runner is an error.
+    """
+    if text is None or text.strip().lower() == "all":
+        usable: list[Runner] = []
+        skipped: dict[Runner, str] = {}
+        for runner in all_runners():
+            reason = runner_status(runner)
+            if reason is None:
+                usable.append(runner)
+            else:
+                skipped[runner] = reason
+        return usable, (skipped if text is not None else {})
+    runners = list(dict.fromkeys(parse_runner(item) for item in text.split(",")))
+    for runner in runners:
+        reason = runner_status(runner)
+        if reason is not None:
+            raise ProviderError(f"{runner.label} is not usable here: {reason}")
+    return runners, {}
+
+
+def parse_models(text: str) -> list[BackboneSpec]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise UsageError("empty model name in --model; use vgg19 and/or nin")
+    return list({spec.name: spec for spec in (get_backbone(name) for name in names)}.values())
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """``64,128,1920x1080`` → [(64, 64), (128, 128), (1920, 1080)] as (width, height)."""
+    items = [item.strip() for item in text.split(",")]
+    if not items or not all(items):
+        raise UsageError(f"--sizes needs a comma-separated list like 64,128,256 or 1920x1080, got '{text}'")
+    sizes = []
+    for item in items:
+        size = parse_size(item)
+        sizes.append(size if isinstance(size, tuple) else (size, size))
+    return list(dict.fromkeys(sizes))
+
+
+def parse_precisions(text: str) -> list[str]:
+    precisions = [item.strip().lower() for item in text.split(",")]
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            raise UsageError(f"precision '{precision}' is not supported by the bench yet; supported: {', '.join(PRECISIONS)}")
+    return precisions
+
+
+# ---------------------------------------------------------------- work and memory models
+
+
+def forward_flops(backbone: BackboneSpec, layers: Sequence[str], width: int, height: int) -> float:
+    """Convolution FLOPs (2 per multiply-add) of the truncated network's forward pass."""
+    total = 0.0
+    for layer in backbone.truncated(layers):
+        if layer.kind != "conv":
+            continue
+        shape = backbone.feature_shape(layer.name, height, width)
+        if shape is None:
+            raise UsageError(f"{width}x{height} is too small for {backbone.name} up to {layer.name}")
+        channels, rows, cols = shape
+        total += 2.0 * layer.in_channels * channels * layer.kernel * layer.kernel * rows * cols
+    return total
+
+
+def iteration_flops(backbone: BackboneSpec, content_layers: Sequence[str], style_layers: Sequence[str], width: int, height: int) -> float:
+    """FLOPs of one loss+gradient: convolutions forward and adjoint, Gram products forward and adjoint.
+
+    Elementwise work (ReLU, pooling, masks) is left out: it is memory-bound and small, so GFLOP/s
+    here means useful arithmetic, comparable across runners that compute the same thing.
+    """
+    grams = 0.0
+    for name in style_layers:
+        shape = backbone.feature_shape(name, height, width)
+        assert shape is not None
+        channels, rows, cols = shape
+        grams += 2.0 * channels * channels * rows * cols
+    return 2.0 * forward_flops(backbone, [*content_layers, *style_layers], width, height) + 2.0 * grams
+
+
+def activation_bytes(backbone: BackboneSpec, layers: Sequence[str], width: int, height: int) -> int:
+    """Bytes of every layer output of the truncated network for one fp32 image."""
+    total = 3 * width * height * 4
+    for layer in backbone.truncated(layers):
+        if layer.kind == "dropout":
+            continue
+        shape = backbone.feature_shape(layer.name, height, width)
+        assert shape is not None
+        total += math.prod(shape) * 4
+    return total
+
+
+# Peak RSS growth per byte of forward activations, measured with `onnxstyle bench` on VGG19/NIN at
+# 256–512 px on the project's machine (the gradient pass holds masks and adjoint buffers too).
+MEMORY_FACTORS = {"onnxruntime": 2.5, "torch": 1.6, "eager": 1.6}
+WEIGHT_COPIES = {"onnxruntime": 3, "torch": 1, "eager": 1}
+
+
+def estimate_bytes(runner: Runner, backbone: BackboneSpec, layers: Sequence[str], width: int, height: int) -> int:
+    """A conservative estimate of what one cell adds to this process's memory."""
+    weights = sum(
+        layer.in_channels * layer.out_channels * layer.kernel * layer.kernel * 4 for layer in backbone.truncated(layers) if layer.kind == "conv"
+    )
+    return int(MEMORY_FACTORS[runner.engine] * activation_bytes(backbone, layers, width, height) + WEIGHT_COPIES[runner.engine] * weights)
+
+
+def free_bytes(runner: Runner) -> int:
+    """Memory a new cell can use: available RAM, or free device memory for GPU runners."""
+    if runner.device == "cuda" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+class PeakMemory:
+    """Samples this process's RSS on a thread while a cell runs; ``peak`` is the largest seen."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self.interval = interval
+        self.before = self._process.memory_info().rss
+        self.peak = self.before
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the OS between cells so each cell's RSS starts low (glibc only)."""
+    import gc
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------- GEMM roof
+
+
+@dataclass
+class GemmRate:
+    """This machine's measured fp32 matrix-multiply rate: the practical roof for conv-heavy work."""
+
+    device: str
+    size: int
+    threads: int
+    samples_gflops: list[float]
+
+    @property
+    def gflops(self) -> float:
+        return max(self.samples_gflops)
+
+
+def measure_gemm(device: str = "cpu", size: int = 2048, repeats: int = 7) -> GemmRate:
+    """Best-of-``repeats`` square SGEMM through torch (MKL/oneDNN on CPU, cuBLAS with TF32 off on GPU)."""
+    target = torch.device(device)
+    if target.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(target)
+    b = torch.randn(size, size, generator=generator).to(target)
+    torch.matmul(a, b)
+    samples = []
+    for _ in range(repeats):
+        _synchronize(device)
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        _synchronize(device)
+        samples.append(2.0 * size**3 / (time.perf_counter() - started) / 1e9)
+    return GemmRate(device, size, torch.get_num_threads(), samples)
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------- statistics
+
+
+@dataclass
+class Stats:
+    """Summary of per-window rates (it/min): median with min/max and interquartile range."""
+
+    median: float
+    q1: float
+    q3: float
+    min: float
+    max: float
+    mean: float
+    stdev: float
+    n: int
+
+    @property
+    def spread(self) -> float:
+        """Half the IQR relative to the median: the ± shown beside a median."""
+        return (self.q3 - self.q1) / 2 / self.median if self.median else 0.0
+
+
+def summarize(values: Sequence[float]) -> Stats:
+    if not values:
+        raise ValueError("no samples to summarize")
+    ordered = sorted(values)
+    if len(ordered) >= 2:
+        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+    else:
+        q1 = q3 = ordered[0]
+    return Stats(
+        median=statistics.median(ordered),
+        q1=q1,
+        q3=q3,
+        min=ordered[0],
+        max=ordered[-1],
+        mean=statistics.fmean(ordered),
+        stdev=statistics.stdev(ordered) if len(ordered) > 1 else 0.0,
+        n=len(ordered),
+    )
+
+
+# ---------------------------------------------------------------- the loop under test
+
+
+class Loop(Protocol):
+    engine_seconds: float
+
+    def step(self) -> float: ...
+
+    def describe(self) -> dict[str, object]: ...
+
+
+class EngineLoop:
+    """Adam on a leaf tensor whose gradient one of our engines computes (the stylize loop's shape)."""
+
+    def __init__(self, engine: Engine, start: torch.Tensor, learning_rate: float = LEARNING_RATE) -> None:
+        self.engine = engine
+        self.pixels = start.detach().clone().to(engine.device).requires_grad_(True)
+        self.optimizer = torch.optim.Adam([self.pixels], lr=learning_rate)
+        self.engine_seconds = 0.0
+
+    def step(self) -> float:
+        started = time.perf_counter()
+        terms, grad = self.engine.loss_and_grad(self.pixels.detach())
+        self.engine_seconds += time.perf_counter() - started
+        self.pixels.grad = grad
+        self.optimizer.step()
+        return terms.total
+
+    def describe(self) -> dict[str, object]:
+        return self.engine.describe()
+
+
+def demo_pair(width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The built-in content and style images at exactly width×height."""
+    side = max(width, height)
+    content = demo_content(side).resize((width, height))
+    style = demo_style(side).resize((width, height))
+    return to_tensor(content), to_tensor(style)
+
+
+def loss_weights(backbone: BackboneSpec) -> LossWeights:
+    """neural-style defaults: content 5, style 100 per layer, TV 1e-3."""
+    return LossWeights((5.0,) * len(backbone.default_content_layers), (100.0,) * len(backbone.default_style_layers), 1e-3)
+
+
+def engine_spec(backbone: BackboneSpec, weights: ResolvedWeights) -> EngineSpec:
+    return EngineSpec(backbone, tuple(backbone.default_content_layers), tuple(backbone.default_style_layers), "max", weights)
+
+
+def build_loop(runner: Runner, spec: EngineSpec, width: int, height: int, threads: int | None) -> Loop:
+    """Everything a cell's setup time covers: graphs, sessions, weights on the device, targets."""
+    content, style = demo_pair(width, height)
+    weights = loss_weights(spec.backbone)
+    if runner.engine == "eager":
+        from onnxstyle.engines.eager import EagerLoop
+
+        return EagerLoop(spec, content, style, weights, device=runner.target, threads=threads, learning_rate=LEARNING_RATE)
+    engine = create_engine(runner.engine, spec, provider=runner.target, threads=threads, sizes=[(height, width)])
+    engine.set_targets(engine.build_targets(content, [style], [1.0], weights))
+    return EngineLoop(engine, content)
+
+
+def check_gradient(runner: Runner, spec: EngineSpec, threads: int | None) -> dict[str, object]:
+    """Loss and gradient of ``runner`` against torch autograd (CPU, fp32) on the same small problem."""
+    from onnxstyle.engines.torch_engine import TorchEngine
+    from onnxstyle.exporters.export import relative_error
+
+    side = max(CHECK_SIZE, spec.backbone.min_size(spec.layers))
+    content, style = demo_pair(side, side)
+    weights = loss_weights(spec.backbone)
+    image = (content * 0.8 + style * 0.2).clamp(0, 1)
+    reference = TorchEngine(spec, "cpu", threads=threads)
+    targets = reference.build_targets(content, [style], [1.0], weights)
+    reference.set_targets(targets)
+    expected_terms, expected_grad = reference.loss_and_grad(image)
+    if runner.engine == "eager":
+        from onnxstyle.engines.eager import EagerLoop
+
+        eager = EagerLoop(spec, content, style, weights, device=runner.target, threads=threads)
+        loss, grad = eager.loss_and_grad(image)
+    else:
+        engine = create_engine(runner.engine, spec, provider=runner.target, threads=threads, sizes=[(side, side)])
+        engine.set_targets(targets)
+        terms, grad = engine.loss_and_grad(image.to(engine.device))
+        loss = terms.total
+    loss_error = abs(loss - expected_terms.total) / abs(expected_terms.total)
+    grad_error = relative_error(grad.detach().cpu().numpy(), expected_grad.numpy())
+    return {
+        "size": [side, side],
+        "reference": "torch autograd, cpu, fp32",
+        "loss_error": loss_error,
+        "grad_error": grad_error,
+        "loss_tolerance": LOSS_TOLERANCE,
+        "grad_tolerance": GRADIENT_TOLERANCE,
+        "ok": loss_error <= LOSS_TOLERANCE and grad_error <= GRADIENT_TOLERANCE,
+    }
+
+
+# ---------------------------------------------------------------- cells
+
+
+@dataclass
+class Window:
+    iterations: int
+    seconds: float
+    engine_seconds: float
+
+    @property
+    def per_minute(self) -> float:
+        return 60.0 * self.iterations / self.seconds
+
+
+@dataclass
+class Cell:
+    """One runner × model × size × precision measurement, as stored in the JSON report."""
+
+    runner: str
+    model: str
+    width: int
+    height: int
+    precision: str = "fp32"
+    status: str = "pending"  # ok | skipped | failed | interrupted
+    reason: str = ""
+    engine: dict[str, Any] = field(default_factory=dict)
+    weights: str = ""
+    threads: int | None = None
+    setup_seconds: float | None = None
+    first_iteration_seconds: float | None = None
+    warmup: int = 0
+    windows: list[dict[str, float]] = field(default_factory=list)
+    iteration_seconds: list[float] = field(default_factory=list)
+    stats: dict[str, float] | None = None
+    overhead: float | None = None
+    gflop_per_iteration: float | None = None
+    gflops: float | None = None
+    roof_share: float | None = None
+    rss_before_bytes: int | None = None
+    peak_rss_bytes: int | None = None
+    device_peak_bytes: int | None = None
+    estimate_bytes: int | None = None
+    first_loss: float | None = None
+    final_loss: float | None = None
+    check: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> tuple[str, str, int, int, str]:
+        return (self.runner, self.model, self.width, self.height, self.precision)
+
+    @property
+    def median(self) -> float | None:
+        return self.stats["median"] if self.stats else None
+
+
+@dataclass
+class BenchOptions:
+    runners: list[Runner]
+    models: list[BackboneSpec]
+    sizes: list[tuple[int, int]]
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    duration: float | None = 6.0
+    iterations: int | None = None
+    runs: int = 5
+    warmup: int = 3
+    threads: int | None = None
+    weights: str = "auto"
+    check: bool = True
+    skipped: dict[Runner, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.iterations is not None and self.iterations <= 0:
+            raise UsageError(f"--iterations must be positive, got {self.iterations}")
+        if self.duration is not None and self.duration <= 0:
+            raise UsageError(f"--duration must be positive, got {self.duration}")
+        if self.runs <= 0:
+            raise UsageError(f"--runs must be positive, got {self.runs}")
+        if self.warmup < 0:
+            raise UsageError(f"--warmup cannot be negative, got {self.warmup}")
+        if self.threads is not None and self.threads <= 0:
+            raise UsageError(f"--threads must be positive, got {self.threads}")
+        for width, height in self.sizes:
+            if width <= 0 or height <= 0:
+                raise UsageError(f"sizes must be positive, got {width}x{height}")
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "runners": [runner.label for runner in self.runners],
+            "models": [model.name for model in self.models],
+            "sizes": [f"{w}x{h}" for w, h in self.sizes],
+            "precisions": self.precisions,
+            "duration": self.duration if self.iterations is None else None,
+            "iterations": self.iterations,
+            "runs": self.runs,
+            "warmup": self.warmup,
+            "threads": self.threads,
+            "weights": self.weights,
+            "check": self.check,
+            "optimizer": f"adam lr={LEARNING_RATE}",
+            "init": "content image",
+        }
+
+
+CellCallback = Callable[[Cell, str], None]
+
+
+def window_plan(options: BenchOptions, seconds_per_iteration: float) -> int:
+    """Iterations per timed window: fixed, or enough to fill ``duration`` over ``runs`` windows."""
+    if options.iterations is not None:
+        return options.iterations
+    assert options.duration is not None
+    return max(1, round(options.duration / options.runs / max(seconds_per_iteration, 1e-9)))
+
+
+def measure_cell(cell: Cell, loop_factory: Callable[[], Loop], options: BenchOptions, device: str, progress: CellCallback | None = None) -> Cell:
+    """Set up, time the first iteration, warm up, then time ``options.runs`` windows."""
+    say = progress or (lambda _cell, _text: None)
+    say(cell, "setup")
+    started = time.perf_counter()
+    loop = loop_factory()
+    _synchronize(device)
+    cell.setup_seconds = time.perf_counter() - started
+    cell.engine = dict(loop.describe())
+    started = time.perf_counter()
+    cell.first_loss = loop.step()
+    _synchronize(device)
+    cell.first_iteration_seconds = time.perf_counter() - started
+    per_iteration = cell.first_iteration_seconds
+    for index in range(options.warmup):
+        say(cell, f"warm-up {index + 1}/{options.warmup}")
+        started = time.perf_counter()
+        loop.step()
+        _synchronize(device)
+        per_iteration = time.perf_counter() - started
+    cell.warmup = options.warmup
+    count = window_plan(options, per_iteration)
+    windows: list[Window] = []
+    loss = cell.first_loss
+    for run in range(options.runs):
+        say(cell, f"window {run + 1}/{options.runs} ({count} it)")
+        engine_before = loop.engine_seconds
+        _synchronize(device)
+        window_start = time.perf_counter()
+        for _ in range(count):
+            tick = time.perf_counter()
+            loss = loop.step()
+            cell.iteration_seconds.append(time.perf_counter() - tick)
+        _synchronize(device)
+        windows.append(Window(count, time.perf_counter() - window_start, loop.engine_seconds - engine_before))
+    cell.final_loss = loss
+    if not math.isfinite(loss):
+        raise OnnxstyleError(f"loss became {loss} during the benchmark")
+    cell.windows = [asdict(window) for window in windows]
+    cell.stats = asdict(summarize([window.per_minute for window in windows]))
+    total = sum(window.seconds for window in windows)
+    cell.overhead = max(0.0, 1.0 - sum(window.engine_seconds for window in windows) / total)
+    cell.status = "ok"
+    return cell
+
+
+def run_bench(
+    options: BenchOptions,
+    progress: CellCallback | None = None,
+    on_cell: Callable[[Cell], None] | None = None,
+) -> tuple[list[Cell], dict[str, GemmRate], bool]:
+    """Measure every cell; returns (cells, GEMM roofs by device, interrupted?). Ctrl-C keeps finished cells."""
+    threads = options.threads or default_threads()
+    torch.set_num_threads(threads)
+    roofs: dict[str, GemmRate] = {}
+    cells: list[Cell] = []
+    interrupted = False
+    resolved: dict[str, ResolvedWeights] = {}
+    checks: dict[tuple[str, str], dict[str, Any]] = {}
+    plan = [
+        (runner, model, size, precision)
+        for model in options.models
+        for runner in options.runners
+        for size in options.sizes
+        for precision in options.precisions
+    ]
+    for runner, reason in options.skipped.items():
+        for model in options.models:
+            for width, height in options.sizes:
+                cells.append(Cell(runner.label, model.name, width, height, status="skipped", reason=reason))
+    try:
+        for device in sorted({runner.device for runner in options.runners}):
+            roofs[device] = measure_gemm(device)
+        for runner, model, (width, height), precision in plan:
+            cell = Cell(runner.label, model.name, width, height, precision, threads=threads)
+            cells.append(cell)
+            if model.name not in resolved:
+                resolved[model.name] = resolve(options.weights, model)
+            spec = engine_spec(model, resolved[model.name])
+            cell.weights = resolved[model.name].label
+            layers = spec.layers
+            minimum = model.min_size(layers)
+            if min(width, height) < minimum:
+                cell.status, cell.reason = "skipped", f"smaller than {model.name}'s minimum {minimum}x{minimum}"
+                _notify(on_cell, cell)
+                continue
+            release_memory()
+            cell.estimate_bytes = estimate_bytes(runner, model, layers, width, height)
+            available = free_bytes(runner)
+            if cell.estimate_bytes > 0.9 * available:
+                cell.status = "skipped"
+                cell.reason = f"needs ≈{cell.estimate_bytes / 2**30:.1f} GB, {available / 2**30:.1f} GB free"
+                _notify(on_cell, cell)
+                continue
+            flops = iteration_flops(model, spec.content_layers, spec.style_layers, width, height)
+            cell.gflop_per_iteration = flops / 1e9
+            if runner.device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            try:
+                if options.check and (runner.label, model.name) not in checks:
+                    if progress:
+                        progress(cell, "gradient check")
+                    checks[(runner.label, model.name)] = check_gradient(runner, spec, threads)
+                cell.check = checks.get((runner.label, model.name))
+                with PeakMemory() as memory:
+                    measure_cell(cell, partial(build_loop, runner, spec, width, height, threads), options, runner.device, progress)
+                cell.rss_before_bytes, cell.peak_rss_bytes = memory.before, memory.peak
+                if runner.device == "cuda":
+                    cell.device_peak_bytes = int(torch.cuda.max_memory_allocated())
+                assert cell.stats is not None
+                cell.gflops = cell.gflop_per_iteration * cell.stats["median"] / 60.0
+                cell.roof_share = cell.gflops / roofs[runner.device].gflops
+            except (OnnxstyleError, RuntimeError, MemoryError) as error:
+                from onnxstyle.providers import first_line
+
+                cell.status, cell.reason = "failed", first_line(error)
+            _notify(on_cell, cell)
+    except KeyboardInterrupt:
+        interrupted = True
+        for cell in cells:
+            if cell.status == "pending":
+                cell.status, cell.reason = "interrupted", "Ctrl-C before this cell finished"
+    return cells, roofs, interrupted
+
+
+def _notify(callback: Callable[[Cell], None] | None, cell: Cell) -> None:
+    if callback:
+        callback(cell)

@@ -1,0 +1,218 @@
+"""The benchmark's method: runner parsing, statistics, FLOP and memory models, windows, skips, Ctrl-C."""
+
+import math
+
+import pytest
+import torch
+
+from onnxstyle import bench
+from onnxstyle.backbones import get_backbone
+from onnxstyle.bench import (
+    BenchOptions,
+    Cell,
+    Runner,
+    check_gradient,
+    engine_spec,
+    forward_flops,
+    iteration_flops,
+    measure_cell,
+    parse_models,
+    parse_precisions,
+    parse_runner,
+    parse_sizes,
+    run_bench,
+    select_runners,
+    summarize,
+    window_plan,
+)
+from onnxstyle.errors import ProviderError, UsageError
+from onnxstyle.weights import resolve
+
+
+def test_summarize_median_quartiles_and_spread():
+    stats = summarize([10.0, 12.0, 11.0, 13.0, 100.0])
+    assert stats.median == 12.0
+    assert (stats.min, stats.max, stats.n) == (10.0, 100.0, 5)
+    assert stats.q1 == 11.0 and stats.q3 == 13.0
+    assert stats.spread == pytest.approx(1 / 12)
+    single = summarize([5.0])
+    assert single.median == single.q1 == single.q3 == 5.0 and single.stdev == 0.0
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("cpu", Runner("onnxruntime", "cpu")),
+        ("ort-cpu", Runner("onnxruntime", "cpu")),
+        ("onnxruntime:cuda", Runner("onnxruntime", "cuda")),
+        ("trt", Runner("onnxruntime", "tensorrt")),
+        ("TensorrtExecutionProvider", Runner("onnxruntime", "tensorrt")),
+        ("torch", Runner("torch", "cpu")),
+        ("torch-cuda", Runner("torch", "cuda")),
+        ("eager", Runner("eager", "cpu")),
+    ],
+)
+def test_parse_runner(text, expected):
+    assert parse_runner(text) == expected
+
+
+@pytest.mark.parametrize("text", ["tpu", "torch-mps", "", "eager-gpu"])
+def test_unknown_runner_is_a_usage_error(text):
+    with pytest.raises(UsageError):
+        parse_runner(text)
+
+
+def test_runner_selection_never_falls_back_silently():
+    with pytest.raises(ProviderError, match="ort-cuda is not usable here"):
+        select_runners("cpu,cuda")
+    usable, skipped = select_runners(None)
+    assert Runner("onnxruntime", "cpu") in usable and Runner("eager", "cpu") in usable
+    assert not skipped
+    every, reasons = select_runners("all")
+    assert Runner("onnxruntime", "cpu") in every
+    assert reasons[Runner("torch", "cuda")] == "torch.cuda.is_available() is False"
+    assert "libcuda.so.1" in reasons[Runner("onnxruntime", "cuda")]
+
+
+def test_sizes_models_precisions():
+    assert parse_sizes("64, 128,1920x1080,64") == [(64, 64), (128, 128), (1920, 1080)]
+    for bad in ("", "64,,128", "0", "-5", "64x0", "big"):
+        with pytest.raises(UsageError):
+            parse_sizes(bad)
+    assert [spec.name for spec in parse_models("vgg,nin,vgg19")] == ["vgg19", "nin"]
+    with pytest.raises(UsageError):
+        parse_models("alexnet")
+    assert parse_precisions("fp32") == ["fp32"]
+    with pytest.raises(UsageError, match="supported: fp32"):
+        parse_precisions("fp64")
+
+
+def test_flop_model_matches_the_reference_figures():
+    vgg = get_backbone("vgg19")
+    layers = ["relu4_2", *vgg.default_style_layers]
+    for side, gflop in ((64, 2.96), (128, 11.83), (256, 47.34), (512, 189.35)):
+        assert forward_flops(vgg, layers, side, side) / 1e9 == pytest.approx(gflop, rel=5e-3)
+    total = iteration_flops(vgg, ["relu4_2"], vgg.default_style_layers, 128, 128)
+    assert 2 * forward_flops(vgg, layers, 128, 128) < total < 2.2 * forward_flops(vgg, layers, 128, 128)
+    with pytest.raises(UsageError, match="too small"):
+        forward_flops(vgg, layers, 8, 8)
+
+
+def test_options_reject_nonsense():
+    vgg = [get_backbone("vgg19")]
+    cpu = [Runner("onnxruntime", "cpu")]
+    for kwargs in ({"iterations": 0}, {"duration": -1.0}, {"runs": 0}, {"warmup": -1}, {"threads": 0}):
+        with pytest.raises(UsageError):
+            BenchOptions(cpu, vgg, [(64, 64)], **kwargs)
+    with pytest.raises(UsageError):
+        BenchOptions(cpu, vgg, [(0, 64)])
+
+
+def test_window_plan_fills_the_duration_or_uses_fixed_iterations():
+    options = BenchOptions([], [], [], duration=6.0, runs=5)
+    assert window_plan(options, 0.1) == 12
+    assert window_plan(options, 100.0) == 1
+    assert window_plan(BenchOptions([], [], [], iterations=7), 0.1) == 7
+
+
+class FakeLoop:
+    """Each step 'costs' a fixed engine time plus a fixed loop overhead, on a fake clock."""
+
+    def __init__(self, clock, engine_time=0.009, overhead=0.001):
+        self.clock, self.engine_time, self.overhead = clock, engine_time, overhead
+        self.engine_seconds = 0.0
+        self.steps = 0
+
+    def step(self):
+        self.clock.now += self.engine_time + self.overhead
+        self.engine_seconds += self.engine_time
+        self.steps += 1
+        return 1.0 / self.steps
+
+    def describe(self):
+        return {"engine": "fake"}
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_measure_cell_times_setup_first_iteration_warmup_and_windows(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(bench.time, "perf_counter", clock)
+    loops = []
+
+    def factory():
+        clock.now += 2.5
+        loops.append(FakeLoop(clock))
+        return loops[-1]
+
+    cell = Cell("fake-cpu", "vgg19", 64, 64)
+    measure_cell(cell, factory, BenchOptions([], [], [], iterations=4, runs=3, warmup=2), "cpu")
+    assert cell.status == "ok"
+    assert cell.setup_seconds == pytest.approx(2.5)
+    assert cell.first_iteration_seconds == pytest.approx(0.01)
+    assert loops[0].steps == 1 + 2 + 3 * 4
+    assert len(cell.windows) == 3 and len(cell.iteration_seconds) == 12
+    assert cell.stats["median"] == pytest.approx(6000.0)
+    assert cell.overhead == pytest.approx(0.1)
+    assert cell.final_loss == pytest.approx(1 / 15)
+
+
+def test_cells_that_would_not_fit_are_skipped_with_the_estimate(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "free_bytes", lambda runner: 200 * 2**20)
+    monkeypatch.setattr(bench, "measure_gemm", lambda device: bench.GemmRate(device, 8, 1, [1.0]))
+    options = BenchOptions([Runner("onnxruntime", "cpu")], [get_backbone("vgg19")], [(64, 64), (2048, 2048)], weights="synthetic", check=False, iterations=1, runs=1, warmup=0)
+    cells, roofs, interrupted = run_bench(options)
+    assert not interrupted and "cpu" in roofs
+    small, large = cells
+    assert small.status == "ok" and small.median > 0
+    assert large.status == "skipped"
+    assert large.reason.startswith("needs ≈") and large.reason.endswith("GB, 0.2 GB free")
+    assert large.stats is None
+
+
+def test_ctrl_c_keeps_finished_cells(monkeypatch):
+    monkeypatch.setattr(bench, "measure_gemm", lambda device: bench.GemmRate(device, 8, 1, [1.0]))
+    real = bench.measure_cell
+    calls = []
+
+    def interrupting(cell, *args, **kwargs):
+        calls.append(cell)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(cell, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "measure_cell", interrupting)
+    options = BenchOptions([Runner("onnxruntime", "cpu")], [get_backbone("nin")], [(64, 64), (96, 96), (128, 128)], weights="synthetic", check=False, iterations=1, runs=1, warmup=0)
+    cells, _, interrupted = run_bench(options)
+    assert interrupted
+    assert [cell.status for cell in cells] == ["ok", "interrupted"]
+    assert cells[0].median > 0
+
+
+def test_too_small_sizes_are_skipped_not_crashed(monkeypatch):
+    monkeypatch.setattr(bench, "measure_gemm", lambda device: bench.GemmRate(device, 8, 1, [1.0]))
+    options = BenchOptions([Runner("torch", "cpu")], [get_backbone("vgg19")], [(8, 8)], weights="synthetic", check=False, iterations=1, runs=1)
+    (cell,), _, _ = run_bench(options)
+    assert cell.status == "skipped" and "minimum" in cell.reason
+
+
+@pytest.mark.parametrize("runner", [Runner("onnxruntime", "cpu"), Runner("eager", "cpu")])
+def test_gradient_check_against_torch_autograd(runner):
+    nin = get_backbone("nin")
+    result = check_gradient(runner, engine_spec(nin, resolve("synthetic", nin)), threads=2)
+    assert result["ok"], result
+    assert result["loss_error"] < 1e-5
+    assert math.isfinite(result["grad_error"])
+
+
+def test_gemm_roof_is_measured():
+    rate = bench.measure_gemm("cpu", size=256, repeats=2)
+    assert len(rate.samples_gflops) == 2 and rate.gflops > 0
+    assert rate.threads == torch.get_num_threads()
