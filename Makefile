@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # the dependency range is already met and pip does not fetch the newest CUDA build (several GB).
 LOCAL_TORCH := $(lastword $(sort $(foreach dir,$(PIP_FIND_LINKS),$(wildcard $(dir)/torch-*+cpu-*.whl))))
 
-.PHONY: setup demo test export clean
+.PHONY: setup demo test stylize bench-reference export clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,18 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The main job: every usable runner x VGG19, NIN x 64,128,256 px on the built-in demo images (≈5 min on 2 cores);
+# tables on screen, JSON/CSV/Markdown/PNG under reports/bench-<time>.*
 demo: $(STAMP)
-	$(BIN)/onnxstyle env
+	$(BIN)/onnxstyle bench
+
+stylize: $(STAMP)
 	$(BIN)/onnxstyle stylize --demo -o demo.png
+
+# Regenerates the committed reference reports (the README quotes them); the large-size run takes ≈10 min.
+bench-reference: $(STAMP)
+	$(BIN)/onnxstyle bench --name reference-cpu
+	$(BIN)/onnxstyle bench --model vgg --sizes 512,2048 --provider cpu,eager --iterations 1 --runs 3 --warmup 1 --name vgg19-512-2048-cpu
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

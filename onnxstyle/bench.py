@@ -12,10 +12,8 @@ is skipped with the estimate, never attempted.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from onnxstyle.backbones import BackboneSpec, get_backbone
@@ -30,7 +29,7 @@ from onnxstyle.engines import Engine, EngineSpec, create_engine
 from onnxstyle.errors import OnnxstyleError, ProviderError, UsageError
 from onnxstyle.images import demo_content, demo_style, parse_size, to_tensor
 from onnxstyle.losses import LossWeights
-from onnxstyle.sysinfo import default_threads
+from onnxstyle.sysinfo import default_threads, release_memory
 from onnxstyle.weights import ResolvedWeights, resolve
 
 DEFAULT_SIZES = "64,128,256"
@@ -213,18 +212,39 @@ def activation_bytes(backbone: BackboneSpec, layers: Sequence[str], width: int, 
     return total
 
 
-# Peak RSS growth per byte of forward activations, measured with `onnxstyle bench` on VGG19/NIN at
-# 256–512 px on the project's machine (the gradient pass holds masks and adjoint buffers too).
-MEMORY_FACTORS = {"onnxruntime": 2.5, "torch": 1.6, "eager": 1.6}
-WEIGHT_COPIES = {"onnxruntime": 3, "torch": 1, "eager": 1}
+@dataclass(frozen=True)
+class MemoryModel:
+    """Peak RSS a cell adds: ``per_activation_byte`` × forward activations + ``fixed_bytes`` (weights, sessions)."""
+
+    per_activation_byte: float
+    fixed_bytes: int
+
+
+# Fitted to peak-RSS growth measured by `onnxstyle bench` at 512 and 1024 px on the project's machine
+# (VGG19: ORT 0.99/3.62 GB, torch 0.86/2.86, eager 0.74/2.08; NIN: ORT 0.39/0.55, torch 0.20/0.62,
+# eager 0.22/0.61), rounded up by ≈10%. Unknown backbones take the larger of the two.
+MEMORY_MODELS: dict[tuple[str, str], MemoryModel] = {
+    ("vgg19", "onnxruntime"): MemoryModel(1.5, 150 * 2**20),
+    ("vgg19", "torch"): MemoryModel(1.15, 250 * 2**20),
+    ("vgg19", "eager"): MemoryModel(1.15, 300 * 2**20),
+    ("nin", "onnxruntime"): MemoryModel(1.5, 400 * 2**20),
+    ("nin", "torch"): MemoryModel(2.0, 100 * 2**20),
+    ("nin", "eager"): MemoryModel(2.0, 300 * 2**20),
+}
+
+
+def memory_model(backbone: str, engine: str) -> MemoryModel:
+    known = MEMORY_MODELS.get((backbone, engine))
+    if known is not None:
+        return known
+    fits = [model for (name, kind), model in MEMORY_MODELS.items() if kind == engine]
+    return MemoryModel(max(fit.per_activation_byte for fit in fits), max(fit.fixed_bytes for fit in fits))
 
 
 def estimate_bytes(runner: Runner, backbone: BackboneSpec, layers: Sequence[str], width: int, height: int) -> int:
-    """A conservative estimate of what one cell adds to this process's memory."""
-    weights = sum(
-        layer.in_channels * layer.out_channels * layer.kernel * layer.kernel * 4 for layer in backbone.truncated(layers) if layer.kind == "conv"
-    )
-    return int(MEMORY_FACTORS[runner.engine] * activation_bytes(backbone, layers, width, height) + WEIGHT_COPIES[runner.engine] * weights)
+    """What one cell is expected to add to this process's peak memory, from the measured fits above."""
+    model = memory_model(backbone.name, runner.engine)
+    return int(model.per_activation_byte * activation_bytes(backbone, layers, width, height) + model.fixed_bytes)
 
 
 def free_bytes(runner: Runner) -> int:
@@ -265,52 +285,79 @@ class PeakMemory:
         self.peak = max(self.peak, self._process.memory_info().rss)
 
 
-def release_memory() -> None:
-    """Hand freed heap back to the OS between cells so each cell's RSS starts low (glibc only)."""
-    import gc
-
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except OSError:
-            pass
-
-
 # ---------------------------------------------------------------- GEMM roof
 
 
 @dataclass
 class GemmRate:
-    """This machine's measured fp32 matrix-multiply rate: the practical roof for conv-heavy work."""
+    """This machine's measured fp32 matrix-multiply rate: the practical roof for conv-heavy work.
+
+    On CPUs the fastest BLAS differs by vendor (MKL lags on AMD; OpenBLAS or ORT's MLAS may lead), so the
+    roof is the best library measured and the others are kept beside it.
+    """
 
     device: str
     size: int
     threads: int
     samples_gflops: list[float]
+    library: str = "torch"
+    others_gflops: dict[str, float] = field(default_factory=dict)
 
     @property
     def gflops(self) -> float:
         return max(self.samples_gflops)
 
 
+def _best_of(run: Callable[[], object], flop: float, repeats: int, synchronize: Callable[[], None]) -> list[float]:
+    run()
+    samples = []
+    for _ in range(repeats):
+        synchronize()
+        started = time.perf_counter()
+        run()
+        synchronize()
+        samples.append(flop / (time.perf_counter() - started) / 1e9)
+    return samples
+
+
+def _ort_matmul(size: int, threads: int) -> Callable[[np.ndarray, np.ndarray], object]:
+    """One MatMul node on ONNX Runtime's CPU provider (MLAS), the library our CPU graphs run on."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    def square(name: str) -> Any:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [size, size])
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm", [square("a"), square("b")], [square("c")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return lambda a, b: session.run(None, {"a": a, "b": b})
+
+
 def measure_gemm(device: str = "cpu", size: int = 2048, repeats: int = 7) -> GemmRate:
-    """Best-of-``repeats`` square SGEMM through torch (MKL/oneDNN on CPU, cuBLAS with TF32 off on GPU)."""
+    """Best-of-``repeats`` square SGEMM: on CPU through torch, numpy and ONNX Runtime; on GPU cuBLAS, TF32 off."""
     target = torch.device(device)
     if target.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=generator).to(target)
     b = torch.randn(size, size, generator=generator).to(target)
-    torch.matmul(a, b)
-    samples = []
-    for _ in range(repeats):
-        _synchronize(device)
-        started = time.perf_counter()
-        torch.matmul(a, b)
-        _synchronize(device)
-        samples.append(2.0 * size**3 / (time.perf_counter() - started) / 1e9)
-    return GemmRate(device, size, torch.get_num_threads(), samples)
+    flop = 2.0 * size**3
+    threads = torch.get_num_threads()
+    rates = {"torch": _best_of(lambda: torch.matmul(a, b), flop, repeats, lambda: _synchronize(device))}
+    if target.type == "cpu":
+        a_array, b_array = a.numpy(), b.numpy()
+        rates["numpy"] = _best_of(lambda: a_array @ b_array, flop, repeats, lambda: None)
+        try:
+            matmul = _ort_matmul(size, threads)
+            rates["onnxruntime"] = _best_of(lambda: matmul(a_array, b_array), flop, repeats, lambda: None)
+        except Exception:  # noqa: BLE001 - the roof stays measured by the others
+            pass
+    library = max(rates, key=lambda name: max(rates[name]))
+    others = {name: max(samples) for name, samples in rates.items() if name != library}
+    return GemmRate(device, size, threads, rates[library], library, others)
 
 
 def _synchronize(device: str) -> None:
@@ -631,12 +678,14 @@ def run_bench(
     interrupted = False
     resolved: dict[str, ResolvedWeights] = {}
     checks: dict[tuple[str, str], dict[str, Any]] = {}
+    # Runners of one model and size run back to back, so a ratio between them (×eager) is measured
+    # minutes apart at most, not across the whole run while the machine's load drifts.
     plan = [
         (runner, model, size, precision)
         for model in options.models
-        for runner in options.runners
         for size in options.sizes
         for precision in options.precisions
+        for runner in options.runners
     ]
     for runner, reason in options.skipped.items():
         for model in options.models:

@@ -107,6 +107,10 @@ def session_options(config: ProviderConfig) -> Any:
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.enable_cpu_mem_arena = config.memory_arena
+    if config.provider == "CPUExecutionProvider":
+        # The planned memory pattern pre-allocates one block for every intermediate of a run: VGG19 at
+        # 512 px peaked at 2.2 GB with it and 1.7 GB without, at the same speed (A/B at 128 and 256 px).
+        options.enable_mem_pattern = False
     if config.threads:
         options.intra_op_num_threads = config.threads
         options.inter_op_num_threads = 1

@@ -275,9 +275,14 @@ def detail_table(report: Report) -> Table:
     return table
 
 
+def _others(gemm: dict[str, Any]) -> str:
+    others = gemm.get("others_gflops") or {}
+    return "".join(f", {name} {rate:,.0f}" for name, rate in others.items())
+
+
 def system_lines(report: Report) -> list[str]:
     system = report.system
-    gemm = ", ".join(f"{device} {info.get('gflops', 0):,.0f} GFLOP/s ({info.get('size')}³, {info.get('threads')} threads)" for device, info in report.gemm.items())
+    gemm = ", ".join(f"{device} {info.get('gflops', 0):,.0f} GFLOP/s ({info.get('library', 'torch')}{_others(info)}; {info.get('size')}³, {info.get('threads')} threads)" for device, info in report.gemm.items())
     weights = "; ".join(f"{model}: {label}" for model, label in report.weights.items())
     return [
         f"machine: {system.get('cpu', '?')}, {system.get('cpu_affinity') or system.get('cpu_cores_logical', '?')} CPUs used, "

@@ -66,3 +66,16 @@ def fingerprint() -> dict[str, object]:
         "onnxruntime": ort_package(),
         "ort_providers_compiled_in": providers,
     }
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the OS (glibc keeps it otherwise), so RSS reflects what is still in use."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass

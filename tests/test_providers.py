@@ -84,3 +84,24 @@ def test_cpu_session_reports_its_provider():
 
 def test_shape_profile_format():
     assert ShapeProfile.format({"a": [1, 2], "b": [3]}) == "a:1x2,b:3"
+
+
+def test_cpu_sessions_plan_no_memory_pattern_and_extractor_is_freed_after_targets():
+    import torch
+
+    assert not session_options(ProviderConfig("CPUExecutionProvider")).enable_mem_pattern
+    assert session_options(ProviderConfig("CUDAExecutionProvider")).enable_mem_pattern
+    nin = get_backbone("nin")
+    spec = EngineSpec(nin, ("relu7",), ("relu0",), "max", resolve("synthetic", nin))
+    engine = create_engine("onnxruntime", spec, provider="cpu", threads=1)
+    assert engine._features_session is None  # opened only while targets are built
+    from onnxstyle.losses import LossWeights
+
+    image = torch.rand(1, 3, 96, 96)
+    targets = engine.build_targets(image, [image], [1.0], LossWeights((1.0,), (1.0,), 0.0))
+    engine.set_targets(targets)
+    assert engine._features_session is None
+    content, grams = engine.extract(image)  # reopened on demand, same answer
+    assert torch.allclose(content["relu7"], targets.content["relu7"])
+    terms, grad = engine.loss_and_grad(image)
+    assert terms.total == pytest.approx(0.0, abs=1e-6) and grad.shape == image.shape

@@ -166,8 +166,8 @@ def test_bench_end_to_end_writes_four_reports(tmp_path):
         assert (tmp_path / "r" / f"t.{suffix}").is_file()
     report = load_report(tmp_path / "r" / "t.json")
     assert [(c.runner, c.width, c.height, c.status) for c in report.cells] == [
-        ("ort-cpu", 64, 64, "ok"), ("ort-cpu", 80, 64, "ok"), ("eager-cpu", 64, 64, "ok"), ("eager-cpu", 80, 64, "ok")
-    ]
+        ("ort-cpu", 64, 64, "ok"), ("eager-cpu", 64, 64, "ok"), ("ort-cpu", 80, 64, "ok"), ("eager-cpu", 80, 64, "ok")
+    ]  # runners of one cell back to back, so their ratio is measured close together in time
     ort = report.cells[0]
     assert ort.engine["provider_effective"] == "CPUExecutionProvider"
     assert ort.check["ok"] and ort.peak_rss_bytes > 0 and ort.gflops > 0 and 0 < ort.roof_share

@@ -17,6 +17,7 @@ from onnxstyle.exporters.export import build_features_model, build_loss_model, c
 from onnxstyle.exporters.graph import IMAGE_INPUT
 from onnxstyle.losses import LossTerms
 from onnxstyle.providers import ProviderConfig, ShapeProfile, create_session, ort_package
+from onnxstyle.sysinfo import release_memory
 from onnxstyle.weights import build_backbone
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -46,15 +47,14 @@ class OnnxRuntimeEngine(Engine):
             config.profile = tensorrt_profile(spec, sizes)
         self.config = config
         model = build_backbone(spec.backbone, spec.layers, pooling=spec.pooling, resolved=spec.weights)
-        preprocessing = spec.weights.preprocessing
         loss_graph = build_loss_model(
-            model, preprocessing, content_layers=spec.content_layers, style_layers=spec.style_layers
+            model, spec.weights.preprocessing, content_layers=spec.content_layers, style_layers=spec.style_layers
         )
-        model.outputs = list(spec.content_layers)
-        features_graph = build_features_model(model, preprocessing, grams=spec.style_layers)
         self.loss_session = create_session(loss_graph.SerializeToString(), config)
-        # Features run only to build targets; without an arena their activations go back to the OS.
-        self.features_session = create_session(features_graph.SerializeToString(), replace(config, memory_arena=False))
+        # The session holds its own copy of the weights; the proto and the torch model (≈0.4 GB for VGG19) go.
+        del model, loss_graph
+        release_memory()
+        self._features_session: Any = None
         self.on_gpu = config.provider in GPU_PROVIDERS
         if not self.on_gpu:
             # ORT's pool owns the cores; torch only runs the optimiser's small vector updates between
@@ -67,6 +67,18 @@ class OnnxRuntimeEngine(Engine):
     def device(self) -> torch.device:
         return self._device
 
+    @property
+    def features_session(self) -> Any:
+        """The feature extractor, opened on demand: it is only needed while targets are built."""
+        if self._features_session is None:
+            spec = self.spec
+            model = build_backbone(spec.backbone, spec.layers, pooling=spec.pooling, resolved=spec.weights)
+            model.outputs = list(spec.content_layers)
+            graph = build_features_model(model, spec.weights.preprocessing, grams=spec.style_layers)
+            # Without an arena its activations go back to the OS as soon as a run ends.
+            self._features_session = create_session(graph.SerializeToString(), replace(self.config, memory_arena=False))
+        return self._features_session
+
     def extract(self, image: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         names = [output.name for output in self.features_session.get_outputs()]
         values = self.features_session.run(None, {IMAGE_INPUT: image.detach().cpu().numpy()})
@@ -77,6 +89,9 @@ class OnnxRuntimeEngine(Engine):
 
     def set_targets(self, targets: Any) -> None:
         super().set_targets(targets)
+        # Targets are built: the extractor's weights and buffers (≈0.2 GB for VGG19) are freed until needed again.
+        self._features_session = None
+        release_memory()
         feeds: dict[str, Any] = {content_input(layer): value for layer, value in targets.content.items()}
         feeds.update({style_input(layer): value for layer, value in targets.style.items()})
         weights = targets.weights
