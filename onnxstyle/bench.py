@@ -29,18 +29,18 @@ from onnxstyle.engines import Engine, EngineSpec, create_engine
 from onnxstyle.errors import OnnxstyleError, ProviderError, UsageError
 from onnxstyle.images import demo_content, demo_style, parse_size, to_tensor
 from onnxstyle.losses import LossWeights
+from onnxstyle.precision import GRADIENT_TOLERANCES, PRECISIONS, supported
 from onnxstyle.sysinfo import default_threads, release_memory
 from onnxstyle.weights import ResolvedWeights, resolve
 
 DEFAULT_SIZES = "64,128,256"
 DEFAULT_MODELS = "vgg19,nin"
-PRECISIONS = ("fp32",)
 CHECK_SIZE = 64
-LOSS_TOLERANCE = 1e-4
+LOSS_TOLERANCES = {"fp32": 1e-4, "tf32": 1e-3, "bf16": 2e-2, "fp16": 1e-2}
 # ReLU/max-pool gradients jump at kinks, and two fp32 runtimes may decide a near-kink differently,
 # so whole-gradient agreement is ~1e-6 typically but up to ~1e-2 (exact parity of the arithmetic is
-# proven at export with shared decisions, 1e-4). This bound catches wrong gradients, not rounding.
-GRADIENT_TOLERANCE = 5e-2
+# proven at export with shared decisions, 1e-4). These bounds catch wrong gradients, not rounding;
+# reduced precisions get theirs from onnxstyle.precision.
 LEARNING_RATE = 0.02
 
 
@@ -164,8 +164,27 @@ def parse_precisions(text: str) -> list[str]:
     precisions = [item.strip().lower() for item in text.split(",")]
     for precision in precisions:
         if precision not in PRECISIONS:
-            raise UsageError(f"precision '{precision}' is not supported by the bench yet; supported: {', '.join(PRECISIONS)}")
-    return precisions
+            raise UsageError(f"unknown precision '{precision}' in --precision; supported: {', '.join(PRECISIONS)}")
+    return list(dict.fromkeys(precisions))
+
+
+def precision_support(runner: Runner, precision: str) -> str | None:
+    """None when ``runner`` can run ``precision`` here, else the one-line reason."""
+    allowed, _ = supported(runner.engine, runner.target)
+    return None if precision in allowed else f"{precision} not supported ({'/'.join(allowed)} only)"
+
+
+def check_precisions(runners: Sequence[Runner], precisions: Sequence[str]) -> None:
+    """A precision no selected runner can run is a usage error, not a table of skipped cells."""
+    for precision in precisions:
+        if runners and all(precision_support(runner, precision) for runner in runners):
+            first = runners[0]
+            allowed, why_not = supported(first.engine, first.target)
+            able = sorted({runner.label for runner in all_runners() if not runner_status(runner) and not precision_support(runner, precision)})
+            hint = f"runners that can: {', '.join(able)}" if able else "no runner here can"
+            raise UsageError(
+                f"no selected runner can run {precision}: {first.label} supports {', '.join(allowed)} ({why_not}); {hint}"
+            )
 
 
 # ---------------------------------------------------------------- work and memory models
@@ -456,21 +475,23 @@ def engine_spec(backbone: BackboneSpec, weights: ResolvedWeights) -> EngineSpec:
     return EngineSpec(backbone, tuple(backbone.default_content_layers), tuple(backbone.default_style_layers), "max", weights)
 
 
-def build_loop(runner: Runner, spec: EngineSpec, width: int, height: int, threads: int | None) -> Loop:
+def build_loop(runner: Runner, spec: EngineSpec, width: int, height: int, threads: int | None, precision: str = "fp32") -> Loop:
     """Everything a cell's setup time covers: graphs, sessions, weights on the device, targets."""
     content, style = demo_pair(width, height)
     weights = loss_weights(spec.backbone)
     if runner.engine == "eager":
         from onnxstyle.engines.eager import EagerLoop
 
-        return EagerLoop(spec, content, style, weights, device=runner.target, threads=threads, learning_rate=LEARNING_RATE)
-    engine = create_engine(runner.engine, spec, provider=runner.target, threads=threads, sizes=[(height, width)])
+        return EagerLoop(
+            spec, content, style, weights, device=runner.target, threads=threads, learning_rate=LEARNING_RATE, precision=precision
+        )
+    engine = create_engine(runner.engine, spec, provider=runner.target, threads=threads, sizes=[(height, width)], precision=precision)
     engine.set_targets(engine.build_targets(content, [style], [1.0], weights))
     return EngineLoop(engine, content)
 
 
-def check_gradient(runner: Runner, spec: EngineSpec, threads: int | None) -> dict[str, object]:
-    """Loss and gradient of ``runner`` against torch autograd (CPU, fp32) on the same small problem."""
+def check_gradient(runner: Runner, spec: EngineSpec, threads: int | None, precision: str = "fp32") -> dict[str, object]:
+    """Loss and gradient of ``runner`` at ``precision`` against torch autograd (CPU, fp32) on the same small problem."""
     from onnxstyle.engines.torch_engine import TorchEngine
     from onnxstyle.exporters.export import relative_error
 
@@ -485,10 +506,10 @@ def check_gradient(runner: Runner, spec: EngineSpec, threads: int | None) -> dic
     if runner.engine == "eager":
         from onnxstyle.engines.eager import EagerLoop
 
-        eager = EagerLoop(spec, content, style, weights, device=runner.target, threads=threads)
+        eager = EagerLoop(spec, content, style, weights, device=runner.target, threads=threads, precision=precision)
         loss, grad = eager.loss_and_grad(image)
     else:
-        engine = create_engine(runner.engine, spec, provider=runner.target, threads=threads, sizes=[(side, side)])
+        engine = create_engine(runner.engine, spec, provider=runner.target, threads=threads, sizes=[(side, side)], precision=precision)
         engine.set_targets(targets)
         terms, grad = engine.loss_and_grad(image.to(engine.device))
         loss = terms.total
@@ -496,12 +517,13 @@ def check_gradient(runner: Runner, spec: EngineSpec, threads: int | None) -> dic
     grad_error = relative_error(grad.detach().cpu().numpy(), expected_grad.numpy())
     return {
         "size": [side, side],
+        "precision": precision,
         "reference": "torch autograd, cpu, fp32",
         "loss_error": loss_error,
         "grad_error": grad_error,
-        "loss_tolerance": LOSS_TOLERANCE,
-        "grad_tolerance": GRADIENT_TOLERANCE,
-        "ok": loss_error <= LOSS_TOLERANCE and grad_error <= GRADIENT_TOLERANCE,
+        "loss_tolerance": LOSS_TOLERANCES[precision],
+        "grad_tolerance": GRADIENT_TOLERANCES[precision],
+        "ok": loss_error <= LOSS_TOLERANCES[precision] and grad_error <= GRADIENT_TOLERANCES[precision],
     }
 
 
@@ -677,7 +699,7 @@ def run_bench(
     cells: list[Cell] = []
     interrupted = False
     resolved: dict[str, ResolvedWeights] = {}
-    checks: dict[tuple[str, str], dict[str, Any]] = {}
+    checks: dict[tuple[str, str, str], dict[str, Any]] = {}
     # Runners of one model and size run back to back, so a ratio between them (×eager) is measured
     # minutes apart at most, not across the whole run while the machine's load drifts.
     plan = [
@@ -690,7 +712,8 @@ def run_bench(
     for runner, reason in options.skipped.items():
         for model in options.models:
             for width, height in options.sizes:
-                cells.append(Cell(runner.label, model.name, width, height, status="skipped", reason=reason))
+                for precision in options.precisions:
+                    cells.append(Cell(runner.label, model.name, width, height, precision, status="skipped", reason=reason))
     try:
         for device in sorted({runner.device for runner in options.runners}):
             roofs[device] = measure_gemm(device)
@@ -715,18 +738,24 @@ def run_bench(
                 cell.reason = f"needs ≈{cell.estimate_bytes / 2**30:.1f} GB, {available / 2**30:.1f} GB free"
                 _notify(on_cell, cell)
                 continue
+            unsupported = precision_support(runner, precision)
+            if unsupported:
+                cell.status, cell.reason = "skipped", unsupported
+                _notify(on_cell, cell)
+                continue
             flops = iteration_flops(model, spec.content_layers, spec.style_layers, width, height)
             cell.gflop_per_iteration = flops / 1e9
             if runner.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             try:
-                if options.check and (runner.label, model.name) not in checks:
+                check_key = (runner.label, model.name, precision)
+                if options.check and check_key not in checks:
                     if progress:
                         progress(cell, "gradient check")
-                    checks[(runner.label, model.name)] = check_gradient(runner, spec, threads)
-                cell.check = checks.get((runner.label, model.name))
+                    checks[check_key] = check_gradient(runner, spec, threads, precision)
+                cell.check = checks.get(check_key)
                 with PeakMemory() as memory:
-                    measure_cell(cell, partial(build_loop, runner, spec, width, height, threads), options, runner.device, progress)
+                    measure_cell(cell, partial(build_loop, runner, spec, width, height, threads, precision), options, runner.device, progress)
                 cell.rss_before_bytes, cell.peak_rss_bytes = memory.before, memory.peak
                 if runner.device == "cuda":
                     cell.device_peak_bytes = int(torch.cuda.max_memory_allocated())

@@ -135,6 +135,7 @@ def stylize(
     pooling: Annotated[str, typer.Option(help="max or avg.")] = "max",
     save_every: Annotated[int, typer.Option(help="Also save every N iterations (0: only at the end).")] = 0,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (pinned).")] = None,
+    precision: Annotated[str, typer.Option(help="fp32, or bf16 (CPUs with AVX-512-BF16/AMX), fp16/tf32 (CUDA): torch engine.")] = "fp32",
 ) -> None:
     """Optimise an image so its features match CONTENT and its Gram matrices match STYLE(s)."""
     from onnxstyle.errors import UsageError
@@ -172,7 +173,7 @@ def stylize(
             learning_rate=learning_rate, content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
             content_layers=content_layers, style_layers=style_layers, style_blend_weights=style_blend_weights,
             style_scale=style_scale, init=init, seed=seed, original_colors=original_colors, pooling=pooling,  # type: ignore[arg-type]
-            save_every=save_every, threads=threads, progress=report,
+            save_every=save_every, threads=threads, precision=precision, progress=report,
         )
     finally:
         progress.stop()
@@ -193,7 +194,7 @@ def bench(
     provider: Annotated[Optional[str], typer.Option(help="Comma list: cpu, cuda, tensorrt, … (ONNX Runtime), torch, torch-cuda, eager, eager-cuda; or all. Default: every usable one.")] = None,
     model: Annotated[str, typer.Option(help="Comma list of vgg19/vgg, nin.")] = "vgg19,nin",
     sizes: Annotated[str, typer.Option(help="Comma list of square sizes or WIDTHxHEIGHT.")] = "64,128,256",
-    precision: Annotated[str, typer.Option(help="Comma list of precisions.")] = "fp32",
+    precision: Annotated[str, typer.Option(help="Comma list of fp32, bf16, fp16, tf32; a runner that cannot run one shows the cell as skipped, with why.")] = "fp32",
     duration: Annotated[float, typer.Option(help="Seconds of timed iterations per cell, split over --runs windows.")] = 6.0,
     iterations: Annotated[Optional[int], typer.Option(help="Iterations per window instead of --duration.")] = None,
     runs: Annotated[int, typer.Option(help="Timed windows per cell (median and spread are over these).")] = 5,
@@ -207,7 +208,7 @@ def bench(
     """Iterations per minute by runner × model × size, beside the 2016 study; writes reports."""
     import time
 
-    from onnxstyle.bench import BenchOptions, Cell, parse_models, parse_precisions, parse_sizes, run_bench, select_runners
+    from onnxstyle.bench import BenchOptions, Cell, check_precisions, parse_models, parse_precisions, parse_sizes, run_bench, select_runners
     from onnxstyle.report import check_directory, new_report, write_report
     from onnxstyle.weights import resolve
 
@@ -216,6 +217,7 @@ def bench(
     precisions = parse_precisions(precision)
     check_directory(out_dir)
     runners, skipped = select_runners(provider)
+    check_precisions(runners, precisions)
     options = BenchOptions(
         runners=runners, models=models, sizes=size_list, precisions=precisions, duration=None if iterations else duration,
         iterations=iterations, runs=runs, warmup=warmup, threads=threads, weights=weights, check=check, skipped=skipped,
@@ -231,12 +233,12 @@ def bench(
     task = progress.add_task("bench", total=total, state="measuring the fp32 GEMM roof")
 
     def on_progress(cell: Cell, state: str) -> None:
-        progress.update(task, description=f"{cell.model} {cell.runner} {cell.width}x{cell.height}", state=state)
+        progress.update(task, description=f"{cell.model} {cell.runner} {cell.precision} {cell.width}x{cell.height}", state=state)
 
     def on_cell(cell: Cell) -> None:
         progress.advance(task)
         figure = f"{cell.stats['median']:,.1f} it/min" if cell.stats else f"{cell.status}: {cell.reason}"
-        progress.console.print(f"  {cell.model:6} {cell.runner:14} {cell.width}x{cell.height:<5} {figure}", highlight=False)
+        progress.console.print(f"  {cell.model:6} {cell.runner:14} {cell.precision:5} {cell.width}x{cell.height:<5} {figure}", highlight=False)
 
     with progress:
         cells, roofs, interrupted = run_bench(options, progress=on_progress, on_cell=on_cell)

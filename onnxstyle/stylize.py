@@ -96,6 +96,7 @@ def stylize(
     pooling: Pooling = "max",
     save_every: int = 0,
     threads: int | None = None,
+    precision: str = "fp32",
     progress: ProgressCallback | None = None,
 ) -> StylizeResult:
     """Stylise ``content`` with one or more ``styles`` and write ``output``; returns the loss history."""
@@ -124,7 +125,9 @@ def stylize(
     style_images = [resize(load_image(style), style_side) for style in styles]
     resolved = resolve(weights, backbone)
     spec = EngineSpec(backbone, tuple(contents), tuple(style_names), pooling, resolved)
-    runner = create_engine(engine, spec, provider=provider, threads=threads, sizes=[(content_image.height, content_image.width)])
+    runner = create_engine(
+        engine, spec, provider=provider, threads=threads, sizes=[(content_image.height, content_image.width)], precision=precision
+    )
     device = runner.device
     loss_weights = LossWeights((content_weight,) * len(contents), (style_weight,) * len(style_names), tv_weight)
     runner.set_targets(

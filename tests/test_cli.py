@@ -28,6 +28,9 @@ def test_version_and_env():
         (["stylize", "--demo", "--provider", "cuda"], 8, "not usable here"),
         (["stylize", "--demo", "--weights", "vgg19"], 6, "vgg19-dcbb9e9d.pth"),
         (["export", "vgg", "--opset", "21"], 2, "out of range"),
+        (["stylize", "--demo", "--precision", "bf16"], 2, "onnxruntime on cpu cannot run bf16: supported fp32"),
+        (["stylize", "--demo", "--engine", "torch", "--precision", "tf32"], 2, "cannot run tf32"),
+        (["bench", "--provider", "cpu", "--precision", "bf16", "--sizes", "64"], 2, "runners that can: eager-cpu, torch-cpu"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, args, code, message):

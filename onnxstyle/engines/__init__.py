@@ -15,20 +15,23 @@ def create_engine(
     provider: str = "cpu",
     threads: int | None = None,
     sizes: list[tuple[int, int]] | None = None,
+    precision: str = "fp32",
 ) -> Engine:
     """``provider`` is an ORT provider for onnxruntime and a torch device (cpu, cuda) for torch."""
     key = name.lower()
     if key in ("ort", "onnxruntime"):
         from onnxstyle.engines.onnxruntime_engine import OnnxRuntimeEngine
-        from onnxstyle.providers import ProviderConfig, canonical
-
+        from onnxstyle.precision import require
+        from onnxstyle.providers import ProviderConfig, canonical, short_name
         from onnxstyle.sysinfo import default_threads
 
-        return OnnxRuntimeEngine(spec, ProviderConfig(canonical(provider), threads=threads or default_threads()), sizes)
+        config = ProviderConfig(canonical(provider), threads=threads or default_threads())
+        require("onnxruntime", short_name(config.provider), precision)
+        return OnnxRuntimeEngine(spec, config, sizes)
     if key == "torch":
         from onnxstyle.engines.torch_engine import TorchEngine
 
-        return TorchEngine(spec, device=provider, threads=threads)
+        return TorchEngine(spec, device=provider, threads=threads, precision=precision)
     raise UsageError(f"unknown engine '{name}'; choose one of: {', '.join(ENGINES)}")
 
 

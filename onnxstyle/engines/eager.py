@@ -15,8 +15,9 @@ from torch import nn
 
 from onnxstyle.engines.base import EngineSpec
 from onnxstyle.engines.torch_engine import torch_device
-from onnxstyle.sysinfo import default_threads
 from onnxstyle.losses import LossWeights, content_loss, gram_matrix, style_loss, tv_loss
+from onnxstyle.precision import autocast_dtype, require, set_tf32
+from onnxstyle.sysinfo import default_threads
 from onnxstyle.weights import Preprocessing, build_backbone
 
 
@@ -38,7 +39,8 @@ class _ContentLoss(nn.Module):
         self.loss = torch.tensor(0.0)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        self.loss = content_loss(features, self.target, self.weight)
+        with torch.autocast(features.device.type, enabled=False):
+            self.loss = content_loss(features.float(), self.target, self.weight)
         return features
 
 
@@ -49,7 +51,8 @@ class _StyleLoss(nn.Module):
         self.loss = torch.tensor(0.0)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        self.loss = style_loss(features, self.target, self.weight)
+        with torch.autocast(features.device.type, enabled=False):
+            self.loss = style_loss(features.float(), self.target, self.weight)
         return features
 
 
@@ -69,10 +72,15 @@ class EagerLoop:
         threads: int | None = None,
         learning_rate: float = 0.02,
         start: torch.Tensor | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.spec = spec
         self.weights = weights
         self._device = torch_device(device)
+        require("eager", self._device.type, precision)
+        self.precision = precision
+        self.autocast = autocast_dtype(precision)
+        set_tf32(self._device, precision)
         torch.set_num_threads(threads or default_threads())
         backbone = build_backbone(spec.backbone, spec.layers, pooling=spec.pooling, resolved=spec.weights).to(self._device)
         backbone.requires_grad_(False)
@@ -84,14 +92,15 @@ class EagerLoop:
         for name, module in backbone.body.items():
             self.model.append(module)
             if name in spec.content_layers:
-                with torch.no_grad():
-                    target = self.model(content)
+                with torch.no_grad(), self._autocast():
+                    target = self.model(content).float()
                 loss = _ContentLoss(target, weights.content[spec.content_layers.index(name)])
                 self.content_losses.append(loss)
                 self.model.append(loss)
             if name in spec.style_layers:
-                with torch.no_grad():
-                    target = gram_matrix(self.model(style))
+                with torch.no_grad(), self._autocast():
+                    features = self.model(style)
+                target = gram_matrix(features.float())
                 style_module = _StyleLoss(target, weights.style[spec.style_layers.index(name)])
                 self.style_losses.append(style_module)
                 self.model.append(style_module)
@@ -104,8 +113,13 @@ class EagerLoop:
     def device(self) -> torch.device:
         return self._device
 
+    def _autocast(self) -> torch.autocast:
+        """What a user adds for reduced precision: autocast around the model; the loss modules opt out."""
+        return torch.autocast(self._device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None)
+
     def _loss(self, image: torch.Tensor) -> torch.Tensor:
-        self.model(image)
+        with self._autocast():
+            self.model(image)
         assert self.normalization.output is not None
         total = tv_loss(self.normalization.output, self.weights.tv)
         for module in (*self.content_losses, *self.style_losses):
@@ -136,5 +150,6 @@ class EagerLoop:
             "device": str(self._device),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
+            "precision": self.precision,
             "loop": "nn.Sequential with loss modules, loss.backward(), Adam (PyTorch tutorial shape)",
         }

@@ -5,10 +5,14 @@ from __future__ import annotations
 import torch
 
 from onnxstyle.engines.base import Engine, EngineSpec
-from onnxstyle.errors import ProviderError
-from onnxstyle.sysinfo import default_threads
+from onnxstyle.errors import NumericalError, ProviderError
 from onnxstyle.losses import LossTerms, gram_matrix, objective
+from onnxstyle.precision import autocast_dtype, require, set_tf32
+from onnxstyle.sysinfo import default_threads
 from onnxstyle.weights import build_backbone
+
+# fp16 keeps 5 exponent bits: image gradients of order 1e-8 would flush to zero without a loss scale.
+FP16_LOSS_SCALE = 1024.0
 
 
 def torch_device(name: str) -> torch.device:
@@ -25,22 +29,35 @@ def torch_device(name: str) -> torch.device:
 class TorchEngine(Engine):
     name = "torch"
 
-    def __init__(self, spec: EngineSpec, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, spec: EngineSpec, device: str = "cpu", threads: int | None = None, precision: str = "fp32") -> None:
         super().__init__(spec)
         self._device = torch_device(device)
+        require("torch", self._device.type, precision)
+        self.precision = precision
         torch.set_num_threads(threads or default_threads())
-        if self._device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
+        set_tf32(self._device, precision)
         self.model = build_backbone(spec.backbone, spec.layers, pooling=spec.pooling, resolved=spec.weights).to(self._device)
+        self.model.requires_grad_(False)
+        self.autocast = autocast_dtype(precision)
+        if self.autocast is not None:
+            # oneDNN's and cuDNN's reduced-precision convolutions are fastest in NHWC (VGG19 bf16 on CPU, 256 px: 337 → 292 ms).
+            self.model.to(memory_format=torch.channels_last)
 
     @property
     def device(self) -> torch.device:
         return self._device
 
+    def features(self, model_input: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network's feature maps, in reduced precision where asked, returned as fp32 for the losses."""
+        if self.autocast is None:
+            return self.model(model_input)
+        with torch.autocast(self._device.type, dtype=self.autocast):
+            features = self.model(model_input.contiguous(memory_format=torch.channels_last))
+        return {layer: value.float() for layer, value in features.items()}
+
     def extract(self, image: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         with torch.no_grad():
-            features = self.model(self.spec.weights.preprocessing.to_model(image.to(self._device)))
+            features = self.features(self.spec.weights.preprocessing.to_model(image.to(self._device)))
         content = {layer: features[layer] for layer in self.spec.content_layers}
         grams = {layer: gram_matrix(features[layer]) for layer in self.spec.style_layers}
         return content, grams
@@ -50,18 +67,25 @@ class TorchEngine(Engine):
         pixels = image.detach().to(self._device).requires_grad_(True)
         model_input = self.spec.weights.preprocessing.to_model(pixels)
         total, content, style, tv = objective(
-            self.model(model_input), model_input, self.targets.content, self.targets.style, self.targets.weights
+            self.features(model_input), model_input, self.targets.content, self.targets.style, self.targets.weights
         )
-        total.backward()
+        scale = FP16_LOSS_SCALE if self.precision == "fp16" else 1.0
+        (total * scale).backward()
         assert pixels.grad is not None
+        grad = pixels.grad / scale if scale != 1.0 else pixels.grad
+        if self.precision == "fp16" and not bool(torch.isfinite(grad).all()):
+            raise NumericalError(f"fp16 gradient overflowed (loss scale {scale:g}); use bf16 or fp32")
         terms = LossTerms(float(total.detach()), [float(t.detach()) for t in content], [float(t.detach()) for t in style], float(tv.detach()))
-        return terms, pixels.grad
+        return terms, grad
 
     def describe(self) -> dict[str, object]:
         return {
             "engine": "torch",
             "device": str(self._device),
+            "precision": self.precision,
+            "autocast": str(self.autocast).removeprefix("torch.") if self.autocast is not None else None,
+            "losses_and_grams": "fp32",
             "threads": torch.get_num_threads(),
-            "tf32": False if self._device.type == "cuda" else None,
+            "tf32": self.precision == "tf32" if self._device.type == "cuda" else None,
             "torch": torch.__version__,
         }

@@ -1,0 +1,71 @@
+"""Precision selection, reduced-precision gradients against fp32, and the refusals."""
+
+import pytest
+import torch
+
+from onnxstyle import bench, precision
+from onnxstyle.backbones import get_backbone
+from onnxstyle.bench import BenchOptions, Runner, check_gradient, check_precisions, engine_spec, parse_precisions, run_bench
+from onnxstyle.engines import create_engine
+from onnxstyle.errors import UsageError
+from onnxstyle.weights import resolve
+
+needs_bf16 = pytest.mark.skipif(not precision.cpu_has_bf16(), reason="this CPU has no AVX-512-BF16/AMX")
+
+
+def test_support_matrix_and_one_line_refusals(monkeypatch):
+    assert precision.supported("onnxruntime", "cpu")[0] == ("fp32",)
+    assert "tf32" in precision.supported("torch", "cuda")[0]
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    allowed, why = precision.supported("torch", "cpu")
+    assert allowed == ("fp32",) and "AVX-512-BF16" in why
+    with pytest.raises(UsageError, match="torch on cpu cannot run bf16: supported fp32 .*AVX-512-BF16") as caught:
+        precision.require("torch", "cpu", "bf16")
+    assert "\n" not in str(caught.value)
+    with pytest.raises(UsageError, match="unknown precision 'fp8'"):
+        precision.require("torch", "cpu", "fp8")
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    assert precision.supported("eager", "cpu")[0] == ("fp32", "bf16")
+
+
+def test_bench_precision_parsing_and_selection():
+    assert parse_precisions("fp32, BF16,fp32") == ["fp32", "bf16"]
+    with pytest.raises(UsageError, match="unknown precision 'int8'"):
+        parse_precisions("int8")
+    with pytest.raises(UsageError, match="no selected runner can run fp16"):
+        check_precisions([Runner("onnxruntime", "cpu"), Runner("torch", "cpu")], ["fp16"])
+    check_precisions([Runner("onnxruntime", "cpu")], ["fp32"])
+
+
+def test_unsupported_precision_cells_are_skipped_with_the_reason(monkeypatch):
+    monkeypatch.setattr(bench, "measure_gemm", lambda device: bench.GemmRate(device, 8, 1, [1.0]))
+    options = BenchOptions([Runner("onnxruntime", "cpu")], [get_backbone("nin")], [(64, 64)], ["fp32", "tf32"], weights="synthetic", check=False, iterations=1, runs=1, warmup=0)
+    fp32, tf32 = run_bench(options)[0]
+    assert fp32.status == "ok" and fp32.precision == "fp32"
+    assert tf32.status == "skipped" and tf32.reason == "tf32 not supported (fp32 only)"
+
+
+@needs_bf16
+@pytest.mark.parametrize("runner", [Runner("torch", "cpu"), Runner("eager", "cpu")])
+def test_bf16_gradient_is_checked_against_fp32(runner):
+    vgg = get_backbone("vgg19")
+    result = check_gradient(runner, engine_spec(vgg, resolve("synthetic", vgg)), threads=2, precision="bf16")
+    assert result["precision"] == "bf16" and result["reference"] == "torch autograd, cpu, fp32"
+    assert result["ok"], result
+    assert 1e-4 < result["grad_error"] < precision.GRADIENT_TOLERANCES["bf16"]  # really reduced, still the same gradient
+
+
+@needs_bf16
+def test_bf16_engine_keeps_grams_and_losses_in_fp32():
+    nin = get_backbone("nin")
+    spec = engine_spec(nin, resolve("synthetic", nin))
+    engine = create_engine("torch", spec, provider="cpu", threads=2, precision="bf16")
+    image = torch.rand(1, 3, 96, 96)
+    content, grams = engine.extract(image)
+    assert all(value.dtype == torch.float32 for value in [*content.values(), *grams.values()])
+    assert engine.describe()["autocast"] == "bfloat16" and engine.describe()["losses_and_grams"] == "fp32"
+    from onnxstyle.losses import LossWeights
+
+    engine.set_targets(engine.build_targets(torch.rand(1, 3, 96, 96), [image], [1.0], LossWeights((1.0,), (1.0,) * 4, 1e-3)))
+    terms, grad = engine.loss_and_grad(image)
+    assert grad.dtype == torch.float32 and torch.isfinite(grad).all() and terms.total > 0
