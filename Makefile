@@ -30,6 +30,7 @@ stylize: $(STAMP)
 bench-reference: $(STAMP)
 	$(BIN)/onnxstyle bench --name reference-cpu
 	$(BIN)/onnxstyle bench --model vgg --sizes 512,2048 --provider cpu,eager --iterations 1 --runs 3 --warmup 1 --name vgg19-512-2048-cpu
+	$(BIN)/onnxstyle bench --model vgg --sizes 128,256 --precision fp32,bf16 --name vgg19-precision-cpu
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
