@@ -475,7 +475,23 @@ def engine_spec(backbone: BackboneSpec, weights: ResolvedWeights) -> EngineSpec:
     return EngineSpec(backbone, tuple(backbone.default_content_layers), tuple(backbone.default_style_layers), "max", weights)
 
 
-def build_loop(runner: Runner, spec: EngineSpec, width: int, height: int, threads: int | None, precision: str = "fp32") -> Loop:
+def cell_tile(runner: Runner, spec: EngineSpec, width: int, height: int, tile: int | None, estimate: int, available: int) -> int | None:
+    """The tile core for a cell: as asked, or automatic when it would not fit untiled (the eager loop never tiles)."""
+    from onnxstyle.tiling import check_tile, choose_tile
+
+    if tile == 0 or runner.engine == "eager":
+        return None
+    if tile is not None:
+        check_tile(spec.backbone, spec.layers, tile)
+        return tile
+    if estimate <= 0.9 * available:
+        return None
+    return choose_tile(spec, runner.engine, height, width, available)
+
+
+def build_loop(
+    runner: Runner, spec: EngineSpec, width: int, height: int, threads: int | None, precision: str = "fp32", tile: int | None = None
+) -> Loop:
     """Everything a cell's setup time covers: graphs, sessions, weights on the device, targets."""
     content, style = demo_pair(width, height)
     weights = loss_weights(spec.backbone)
@@ -485,7 +501,9 @@ def build_loop(runner: Runner, spec: EngineSpec, width: int, height: int, thread
         return EagerLoop(
             spec, content, style, weights, device=runner.target, threads=threads, learning_rate=LEARNING_RATE, precision=precision
         )
-    engine = create_engine(runner.engine, spec, provider=runner.target, threads=threads, sizes=[(height, width)], precision=precision)
+    engine = create_engine(
+        runner.engine, spec, provider=runner.target, threads=threads, sizes=[(height, width)], precision=precision, tile=tile
+    )
     engine.set_targets(engine.build_targets(content, [style], [1.0], weights))
     return EngineLoop(engine, content)
 
@@ -552,6 +570,7 @@ class Cell:
     precision: str = "fp32"
     status: str = "pending"  # ok | skipped | failed | interrupted
     reason: str = ""
+    tile: int | None = None  # core edge (px) when the cell ran tiled (exact gradient)
     engine: dict[str, Any] = field(default_factory=dict)
     weights: str = ""
     threads: int | None = None
@@ -596,6 +615,7 @@ class BenchOptions:
     weights: str = "auto"
     check: bool = True
     skipped: dict[Runner, str] = field(default_factory=dict)
+    tile: int | None = None  # None: tile only cells that would not fit; 0: never; N: always, cores of N px
 
     def __post_init__(self) -> None:
         if self.iterations is not None and self.iterations <= 0:
@@ -608,6 +628,8 @@ class BenchOptions:
             raise UsageError(f"--warmup cannot be negative, got {self.warmup}")
         if self.threads is not None and self.threads <= 0:
             raise UsageError(f"--threads must be positive, got {self.threads}")
+        if self.tile is not None and self.tile < 0:
+            raise UsageError(f"--tile must be positive (or 0 for never), got {self.tile}")
         for width, height in self.sizes:
             if width <= 0 or height <= 0:
                 raise UsageError(f"sizes must be positive, got {width}x{height}")
@@ -625,6 +647,7 @@ class BenchOptions:
             "threads": self.threads,
             "weights": self.weights,
             "check": self.check,
+            "tile": "auto" if self.tile is None else self.tile,
             "optimizer": f"adam lr={LEARNING_RATE}",
             "init": "content image",
         }
@@ -733,7 +756,18 @@ def run_bench(
             release_memory()
             cell.estimate_bytes = estimate_bytes(runner, model, layers, width, height)
             available = free_bytes(runner)
-            if cell.estimate_bytes > 0.9 * available:
+            try:
+                cell.tile = cell_tile(runner, spec, width, height, options.tile, cell.estimate_bytes, available)
+            except UsageError as error:
+                cell.status, cell.reason = "skipped", str(error)
+                _notify(on_cell, cell)
+                continue
+            if cell.tile:
+                from onnxstyle.tiling import TilePlan
+
+                rows, cols = TilePlan.create(model, layers, height, width, cell.tile).largest_tile
+                cell.estimate_bytes = estimate_bytes(runner, model, layers, cols, rows)
+            elif cell.estimate_bytes > 0.9 * available:
                 cell.status = "skipped"
                 cell.reason = f"needs ≈{cell.estimate_bytes / 2**30:.1f} GB, {available / 2**30:.1f} GB free"
                 _notify(on_cell, cell)
@@ -755,7 +789,7 @@ def run_bench(
                     checks[check_key] = check_gradient(runner, spec, threads, precision)
                 cell.check = checks.get(check_key)
                 with PeakMemory() as memory:
-                    measure_cell(cell, partial(build_loop, runner, spec, width, height, threads, precision), options, runner.device, progress)
+                    measure_cell(cell, partial(build_loop, runner, spec, width, height, threads, precision, cell.tile), options, runner.device, progress)
                 cell.rss_before_bytes, cell.peak_rss_bytes = memory.before, memory.peak
                 if runner.device == "cuda":
                     cell.device_peak_bytes = int(torch.cuda.max_memory_allocated())

@@ -136,6 +136,7 @@ def stylize(
     save_every: Annotated[int, typer.Option(help="Also save every N iterations (0: only at the end).")] = 0,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (pinned).")] = None,
     precision: Annotated[str, typer.Option(help="fp32, or bf16 (CPUs with AVX-512-BF16/AMX), fp16/tf32 (CUDA): torch engine.")] = "fp32",
+    tile: Annotated[Optional[int], typer.Option(help="Tile core edge in px for the exact tiled gradient; 0 never tiles. Default: tile only when the image would not fit in free memory.")] = None,
 ) -> None:
     """Optimise an image so its features match CONTENT and its Gram matrices match STYLE(s)."""
     from onnxstyle.errors import UsageError
@@ -173,11 +174,14 @@ def stylize(
             learning_rate=learning_rate, content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
             content_layers=content_layers, style_layers=style_layers, style_blend_weights=style_blend_weights,
             style_scale=style_scale, init=init, seed=seed, original_colors=original_colors, pooling=pooling,  # type: ignore[arg-type]
-            save_every=save_every, threads=threads, precision=precision, progress=report,
+            save_every=save_every, threads=threads, precision=precision, tile=tile, progress=report,
         )
     finally:
         progress.stop()
     where = result.engine.get("provider_effective") or result.engine.get("device")
+    tiling = result.engine.get("tiling")
+    if isinstance(tiling, dict):
+        err.print(f"tiled: cores of {tiling['core']} px with {tiling['halo']} px halos (exact whole-image gradient)", highlight=False)
     if result.timing_only:
         err.print("[yellow]weights: synthetic — timing only, not a real style transfer (install real weights: onnxstyle weights where)[/]")
     out.print(
@@ -204,6 +208,7 @@ def bench(
     check: Annotated[bool, typer.Option(help="Gradient check against torch autograd per runner and model.")] = True,
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the JSON, CSV, Markdown and PNG reports.")] = Path("reports"),
     name: Annotated[Optional[str], typer.Option(help="Report file stem (default bench-YYYYmmdd-HHMMSS).")] = None,
+    tile: Annotated[Optional[int], typer.Option(help="Tile core edge (px) for our engines; 0 never tiles. Default: tile cells that would not fit.")] = None,
 ) -> None:
     """Iterations per minute by runner × model × size, beside the 2016 study; writes reports."""
     import time
@@ -218,9 +223,16 @@ def bench(
     check_directory(out_dir)
     runners, skipped = select_runners(provider)
     check_precisions(runners, precisions)
+    if tile:
+        from onnxstyle.bench import engine_spec
+        from onnxstyle.tiling import check_tile
+
+        for spec in models:
+            check_tile(spec, engine_spec(spec, resolve("synthetic", spec)).layers, tile)
     options = BenchOptions(
         runners=runners, models=models, sizes=size_list, precisions=precisions, duration=None if iterations else duration,
         iterations=iterations, runs=runs, warmup=warmup, threads=threads, weights=weights, check=check, skipped=skipped,
+        tile=tile,
     )
     labels = {spec.name: resolve(weights, spec).label for spec in models}
     if any("timing only" in label for label in labels.values()):

@@ -174,6 +174,10 @@ def speedup(report: Report, cell: Cell) -> float | None:
     return cell.median / reference.median
 
 
+def _cell_size(cell: Cell) -> str:
+    return f"{cell.width}x{cell.height}" + (f" tiled {cell.tile}" if cell.tile else "")
+
+
 def _gb(value: int | None) -> str:
     return "–" if value is None else f"{value / 2**30:.2f}"
 
@@ -242,7 +246,7 @@ def detail_rows(report: Report) -> list[list[str]]:
     rows = []
     for cell in report.cells:
         if cell.status != "ok" or cell.stats is None:
-            rows.append([cell.model, cell.runner, cell.precision, f"{cell.width}x{cell.height}", rate_text(cell), *["–"] * 9])
+            rows.append([cell.model, cell.runner, cell.precision, _cell_size(cell), rate_text(cell), *["–"] * 9])
             continue
         ratio = speedup(report, cell)
         check = cell.check or {}
@@ -251,7 +255,7 @@ def detail_rows(report: Report) -> list[list[str]]:
             cell.model,
             cell.runner,
             cell.precision,
-            f"{cell.width}x{cell.height}",
+            _cell_size(cell),
             f"{cell.stats['median']:,.1f}",
             f"{cell.stats['min']:,.1f}–{cell.stats['max']:,.1f}",
             "–" if ratio is None else f"{ratio:.2f}×",

@@ -70,6 +70,24 @@ def _luminance_transfer(stylised: Image.Image, content: Image.Image) -> Image.Im
     return Image.merge("YCbCr", (luma, cb, cr)).convert("RGB")
 
 
+def _tile_for(spec: EngineSpec, engine: str, provider: str, height: int, width: int, tile: int | None) -> int | None:
+    """``tile`` None: tile only when the untiled loop would not fit in free memory; 0: never; N: a core of N px."""
+    from onnxstyle.tiling import check_tile, choose_tile
+
+    if tile == 0:
+        return None
+    if tile is not None:
+        if tile < 0:
+            raise UsageError(f"--tile must be positive (or 0 for never), got {tile}")
+        check_tile(spec.backbone, spec.layers, tile)
+        return tile
+    from onnxstyle.bench import Runner, free_bytes
+
+    kind = "onnxruntime" if engine.lower() in ("ort", "onnxruntime") else engine.lower()
+    on_gpu = provider.lower().startswith("cuda") or provider.lower() in ("tensorrt", "trt")
+    return choose_tile(spec, kind, height, width, free_bytes(Runner("torch", "cuda" if on_gpu else "cpu")))
+
+
 def stylize(
     content: str | Path = DEMO_CONTENT,
     styles: Sequence[str | Path] = (DEMO_STYLE,),
@@ -97,6 +115,7 @@ def stylize(
     save_every: int = 0,
     threads: int | None = None,
     precision: str = "fp32",
+    tile: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> StylizeResult:
     """Stylise ``content`` with one or more ``styles`` and write ``output``; returns the loss history."""
@@ -125,8 +144,10 @@ def stylize(
     style_images = [resize(load_image(style), style_side) for style in styles]
     resolved = resolve(weights, backbone)
     spec = EngineSpec(backbone, tuple(contents), tuple(style_names), pooling, resolved)
+    tile = _tile_for(spec, engine, provider, content_image.height, content_image.width, tile)
     runner = create_engine(
-        engine, spec, provider=provider, threads=threads, sizes=[(content_image.height, content_image.width)], precision=precision
+        engine, spec, provider=provider, threads=threads, sizes=[(content_image.height, content_image.width)],
+        precision=precision, tile=tile,
     )
     device = runner.device
     loss_weights = LossWeights((content_weight,) * len(contents), (style_weight,) * len(style_names), tv_weight)

@@ -167,7 +167,7 @@ def test_measure_cell_times_setup_first_iteration_warmup_and_windows(monkeypatch
 def test_cells_that_would_not_fit_are_skipped_with_the_estimate(monkeypatch, tmp_path):
     monkeypatch.setattr(bench, "free_bytes", lambda runner: 200 * 2**20)
     monkeypatch.setattr(bench, "measure_gemm", lambda device: bench.GemmRate(device, 8, 1, [1.0]))
-    options = BenchOptions([Runner("onnxruntime", "cpu")], [get_backbone("vgg19")], [(64, 64), (2048, 2048)], weights="synthetic", check=False, iterations=1, runs=1, warmup=0)
+    options = BenchOptions([Runner("onnxruntime", "cpu")], [get_backbone("vgg19")], [(64, 64), (2048, 2048)], weights="synthetic", check=False, iterations=1, runs=1, warmup=0, tile=0)
     cells, roofs, interrupted = run_bench(options)
     assert not interrupted and "cpu" in roofs
     small, large = cells
@@ -175,6 +175,20 @@ def test_cells_that_would_not_fit_are_skipped_with_the_estimate(monkeypatch, tmp
     assert large.status == "skipped"
     assert large.reason.startswith("needs ≈") and large.reason.endswith("GB, 0.2 GB free")
     assert large.stats is None
+    options.tile, options.sizes = None, [(2048, 2048)]  # automatic tiling cannot help with 0.2 GB either
+    (large,), _, _ = run_bench(options)
+    assert large.status == "skipped" and "does not fit even tiled" in large.reason and large.reason.endswith("0.2 GB free")
+
+
+def test_cells_can_run_tiled_and_the_plain_loop_never_is(monkeypatch):
+    monkeypatch.setattr(bench, "measure_gemm", lambda device: bench.GemmRate(device, 8, 1, [1.0]))
+    options = BenchOptions([Runner("onnxruntime", "cpu"), Runner("eager", "cpu")], [get_backbone("nin")], [(512, 480)], weights="synthetic", check=False, iterations=1, runs=1, warmup=0, tile=224)
+    ort_cell, eager_cell = run_bench(options)[0]
+    assert ort_cell.status == "ok" and ort_cell.tile == 224 and ort_cell.engine["tiling"] == {"core": 224, "halo": 224, "exact": True}
+    assert eager_cell.status == "ok" and eager_cell.tile is None
+    vgg = bench.engine_spec(get_backbone("vgg19"), resolve("synthetic", get_backbone("vgg19")))
+    assert bench.cell_tile(Runner("torch", "cpu"), vgg, 4096, 4096, None, 50 * 2**30, 20 * 2**30)  # automatic
+    assert bench.cell_tile(Runner("torch", "cpu"), vgg, 4096, 4096, 0, 50 * 2**30, 20 * 2**30) is None  # --tile 0: never
 
 
 def test_ctrl_c_keeps_finished_cells(monkeypatch):

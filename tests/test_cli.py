@@ -31,6 +31,8 @@ def test_version_and_env():
         (["stylize", "--demo", "--precision", "bf16"], 2, "onnxruntime on cpu cannot run bf16: supported fp32"),
         (["stylize", "--demo", "--engine", "torch", "--precision", "tf32"], 2, "cannot run tf32"),
         (["bench", "--provider", "cpu", "--precision", "bf16", "--sizes", "64"], 2, "runners that can: eager-cpu, torch-cpu"),
+        (["stylize", "--demo", "--tile", "100"], 2, "use --tile 160 or more"),
+        (["bench", "--provider", "cpu", "--model", "nin", "--tile", "64"], 2, "receptive field at relu10 (195 px)"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, args, code, message):

@@ -16,8 +16,23 @@ def create_engine(
     threads: int | None = None,
     sizes: list[tuple[int, int]] | None = None,
     precision: str = "fp32",
+    tile: int | None = None,
 ) -> Engine:
-    """``provider`` is an ORT provider for onnxruntime and a torch device (cpu, cuda) for torch."""
+    """``provider`` is an ORT provider for onnxruntime and a torch device (cpu, cuda) for torch.
+
+    ``tile`` (a core edge in pixels) runs the engine tile by tile with the exact whole-image gradient.
+    """
+    engine = _create(name, spec, provider=provider, threads=threads, sizes=sizes, precision=precision)
+    if tile:
+        from onnxstyle.tiling import TiledEngine
+
+        return TiledEngine(engine, tile)  # type: ignore[arg-type]
+    return engine
+
+
+def _create(
+    name: str, spec: EngineSpec, *, provider: str, threads: int | None, sizes: list[tuple[int, int]] | None, precision: str
+) -> Engine:
     key = name.lower()
     if key in ("ort", "onnxruntime"):
         from onnxstyle.engines.onnxruntime_engine import OnnxRuntimeEngine

@@ -13,7 +13,15 @@ import numpy as np
 import torch
 
 from onnxstyle.engines.base import Engine, EngineSpec
-from onnxstyle.exporters.export import build_features_model, build_loss_model, content_input, style_input
+from onnxstyle.exporters.export import (
+    CORE_INPUT,
+    build_features_model,
+    build_loss_model,
+    build_tile_gradient_model,
+    build_tile_statistics_model,
+    content_input,
+    style_input,
+)
 from onnxstyle.exporters.graph import IMAGE_INPUT
 from onnxstyle.losses import LossTerms
 from onnxstyle.providers import ProviderConfig, ShapeProfile, create_session, ort_package
@@ -55,6 +63,7 @@ class OnnxRuntimeEngine(Engine):
         del model, loss_graph
         release_memory()
         self._features_session: Any = None
+        self._tile_sessions_cache: tuple[Any, Any] | None = None
         self.on_gpu = config.provider in GPU_PROVIDERS
         if not self.on_gpu:
             # ORT's pool owns the cores; torch only runs the optimiser's small vector updates between
@@ -125,6 +134,50 @@ class OnnxRuntimeEngine(Engine):
         self.loss_session.run_with_iobinding(binding)
         loss, content, style, tv = (value.numpy() for value in binding.get_outputs()[1:5])
         return _terms(loss, content, style, tv), grad
+
+    def _tile_sessions(self, strides: dict[str, int]) -> tuple[Any, Any]:
+        """The tile statistics and tile gradient sessions, opened on first use (see tiling.py)."""
+        if self._tile_sessions_cache is None:
+            spec = self.spec
+            model = build_backbone(spec.backbone, spec.layers, pooling=spec.pooling, resolved=spec.weights)
+            layers = {"content_layers": spec.content_layers, "style_layers": spec.style_layers, "strides": strides}
+            statistics = build_tile_statistics_model(model, spec.weights.preprocessing, **layers)
+            gradient = build_tile_gradient_model(model, spec.weights.preprocessing, **layers)
+            del model
+            self._tile_sessions_cache = (
+                create_session(statistics.SerializeToString(), replace(self.config, memory_arena=False)),
+                create_session(gradient.SerializeToString(), self.config),
+            )
+            del statistics, gradient
+            release_memory()
+        return self._tile_sessions_cache
+
+    def tile_statistics(
+        self, tile: torch.Tensor, core: torch.Tensor, strides: dict[str, int]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        session, _ = self._tile_sessions(strides)
+        names = [output.name for output in session.get_outputs()]
+        values = session.run(None, {IMAGE_INPUT: tile.detach().cpu().numpy(), CORE_INPUT: core.cpu().numpy()})
+        outputs = {name: torch.from_numpy(value).to(self._device) for name, value in zip(names, values, strict=True)}
+        sums = {layer: outputs[f"gram_sum.{layer}"] for layer in self.spec.style_layers}
+        return sums, {layer: outputs[layer] for layer in self.spec.content_layers}
+
+    def tile_gradient(
+        self,
+        tile: torch.Tensor,
+        core: torch.Tensor,
+        strides: dict[str, int],
+        style_directions: dict[str, torch.Tensor],
+        content_targets: dict[str, torch.Tensor],
+        content_scales: dict[str, float],
+    ) -> tuple[dict[str, float], torch.Tensor]:
+        _, session = self._tile_sessions(strides)
+        feeds: dict[str, Any] = {IMAGE_INPUT: tile.detach().cpu().numpy(), CORE_INPUT: core.cpu().numpy()}
+        feeds.update({f"direction.{layer}": value.detach().cpu().numpy() for layer, value in style_directions.items()})
+        feeds.update({content_input(layer): value.detach().cpu().numpy() for layer, value in content_targets.items()})
+        feeds["content_scales"] = np.array([content_scales[layer] for layer in self.spec.content_layers], np.float32)
+        parts, grad = session.run(None, feeds)
+        return dict(zip(self.spec.content_layers, (float(part) for part in parts), strict=True)), torch.from_numpy(grad).to(self._device)
 
     def describe(self) -> dict[str, object]:
         return {

@@ -9,6 +9,7 @@ from onnxstyle.errors import NumericalError, ProviderError
 from onnxstyle.losses import LossTerms, gram_matrix, objective
 from onnxstyle.precision import autocast_dtype, require, set_tf32
 from onnxstyle.sysinfo import default_threads
+from onnxstyle.tiling import feature_mask
 from onnxstyle.weights import build_backbone
 
 # fp16 keeps 5 exponent bits: image gradients of order 1e-8 would flush to zero without a loss scale.
@@ -77,6 +78,48 @@ class TorchEngine(Engine):
             raise NumericalError(f"fp16 gradient overflowed (loss scale {scale:g}); use bf16 or fp32")
         terms = LossTerms(float(total.detach()), [float(t.detach()) for t in content], [float(t.detach()) for t in style], float(tv.detach()))
         return terms, grad
+
+    def tile_statistics(
+        self, tile: torch.Tensor, core: torch.Tensor, strides: dict[str, int]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Gram sums over the tile's core positions, and the tile's content-layer features (see tiling.py)."""
+        with torch.no_grad():
+            features = self.features(self.spec.weights.preprocessing.to_model(tile.to(self._device)))
+            sums = {}
+            for layer in self.spec.style_layers:
+                value = features[layer]
+                masked = (value * feature_mask(core, strides[layer], *value.shape[2:])).reshape(value.shape[1], -1)
+                sums[layer] = masked @ masked.t()
+        return sums, {layer: features[layer] for layer in self.spec.content_layers}
+
+    def tile_gradient(
+        self,
+        tile: torch.Tensor,
+        core: torch.Tensor,
+        strides: dict[str, int],
+        style_directions: dict[str, torch.Tensor],
+        content_targets: dict[str, torch.Tensor],
+        content_scales: dict[str, float],
+    ) -> tuple[dict[str, float], torch.Tensor]:
+        """The tile's share of the whole-image gradient, through the surrogate ⟨D, ΣF·Fᵀ⟩ + core content loss."""
+        pixels = tile.detach().to(self._device).requires_grad_(True)
+        features = self.features(self.spec.weights.preprocessing.to_model(pixels))
+        surrogate = torch.zeros((), device=self._device)
+        content_parts = {}
+        for layer, direction in style_directions.items():
+            value = features[layer]
+            masked = (value * feature_mask(core, strides[layer], *value.shape[2:])).reshape(value.shape[1], -1)
+            surrogate = surrogate + (direction * (masked @ masked.t())).sum()
+        for layer, target in content_targets.items():
+            value = features[layer]
+            mask = feature_mask(core, strides[layer], *value.shape[2:])
+            part = content_scales[layer] * (((value - target) ** 2) * mask).sum()
+            content_parts[layer] = float(part.detach())
+            surrogate = surrogate + part
+        scale = FP16_LOSS_SCALE if self.precision == "fp16" else 1.0
+        (surrogate * scale).backward()
+        assert pixels.grad is not None
+        return content_parts, pixels.grad / scale if scale != 1.0 else pixels.grad
 
     def describe(self) -> dict[str, object]:
         return {

@@ -154,6 +154,89 @@ def build_loss_model(
     return builder.model(inputs, outputs, opset, "onnxstyle loss and gradient")
 
 
+CORE_INPUT = "core"
+
+
+def _core_mask(builder: GraphBuilder, stride: int, like: str) -> str:
+    """The tile's core mask sampled at a layer's positions (feature j ↔ pixel j·stride), shaped like ``like``."""
+    b = builder
+    big = np.iinfo(np.int64).max
+    sampled = b.op("Slice", [CORE_INPUT, b.ints(0, 0), b.ints(big, big), b.ints(2, 3), b.ints(stride, stride)], "core_sampled")
+    size = b.op("Slice", [b.op("Shape", [like]), b.ints(2), b.ints(4)], "feature_hw")
+    return b.op("Slice", [sampled, b.ints(0, 0), size, b.ints(2, 3)], "core_mask")
+
+
+def _core_input() -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(CORE_INPUT, TensorProto.FLOAT, [1, 1, HEIGHT, WIDTH])
+
+
+def build_tile_statistics_model(
+    model: Backbone, preprocessing: Preprocessing, *, content_layers: Sequence[str], style_layers: Sequence[str],
+    strides: dict[str, int], opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """Tile + core mask → Gram sums over core positions (``gram_sum.LAYER``) and content features (see tiling.py)."""
+    builder = GraphBuilder()
+    b = builder
+    network = NetworkGraph(builder, model, preprocessing)
+    tensors = network.forward(IMAGE_INPUT)
+    channels = _channels(model)
+    outputs = []
+    for layer in style_layers:
+        c = channels[layer]
+        masked = b.op("Mul", [tensors[layer], _core_mask(b, strides[layer], tensors[layer])], "core_features")
+        matrix = b.op("Reshape", [masked, b.ints(c, -1)], "flat")
+        b.nodes.append(helper.make_node("MatMul", [matrix, b.op("Transpose", [matrix], perm=[1, 0])], [f"gram_sum.{layer}"]))
+        outputs.append(helper.make_tensor_value_info(f"gram_sum.{layer}", TensorProto.FLOAT, [c, c]))
+    for layer in content_layers:
+        b.nodes.append(helper.make_node("Identity", [tensors[layer]], [layer]))
+        outputs.append(helper.make_tensor_value_info(layer, TensorProto.FLOAT, [1, channels[layer], f"{layer}_h", f"{layer}_w"]))
+    return builder.model([image_input(), _core_input()], outputs, opset, "onnxstyle tile statistics")
+
+
+def build_tile_gradient_model(
+    model: Backbone, preprocessing: Preprocessing, *, content_layers: Sequence[str], style_layers: Sequence[str],
+    strides: dict[str, int], opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """Tile + core mask + dL/dG per style layer + content targets → core content losses and the tile's gradient.
+
+    The surrogate ⟨D, ΣF·Fᵀ⟩ over core positions has gradient 2·D·F on them, which with D = dL/dG / N is
+    exactly the whole-image style gradient there (D is symmetric)."""
+    builder = GraphBuilder()
+    b = builder
+    network = NetworkGraph(builder, model, preprocessing)
+    tensors = network.forward(IMAGE_INPUT)
+    channels = _channels(model)
+    inputs = [image_input(), _core_input()]
+    seeds: dict[str, list[str]] = {}
+    content_parts = []
+    for index, layer in enumerate(content_layers):
+        target = content_input(layer)
+        inputs.append(helper.make_tensor_value_info(target, TensorProto.FLOAT, [1, channels[layer], f"{layer}_h", f"{layer}_w"]))
+        scale = b.op("Gather", ["content_scales", b.ints(index)], "content_scale")
+        mask = _core_mask(b, strides[layer], tensors[layer])
+        diff = b.op("Mul", [b.op("Sub", [tensors[layer], target]), mask], "core_content_diff")
+        content_parts.append(b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [diff, diff])], keepdims=0), scale]))
+        seeds.setdefault(layer, []).append(b.op("Mul", [diff, b.op("Mul", [scale, b.scalar(2.0)])], "content_grad"))
+    for layer in style_layers:
+        c = channels[layer]
+        direction = f"direction.{layer}"
+        inputs.append(helper.make_tensor_value_info(direction, TensorProto.FLOAT, [c, c]))
+        mask = _core_mask(b, strides[layer], tensors[layer])
+        matrix = b.op("Reshape", [b.op("Mul", [tensors[layer], mask]), b.ints(c, -1)], "flat")
+        grad_matrix = b.op("MatMul", [b.op("Mul", [direction, b.scalar(2.0)]), matrix], "style_grad")
+        seeds.setdefault(layer, []).append(b.op("Mul", [b.op("Reshape", [grad_matrix, b.op("Shape", [tensors[layer]])]), mask]))
+    merged = {layer: (terms[0] if len(terms) == 1 else b.op("Sum", terms)) for layer, terms in seeds.items()}
+    grad = network.input_adjoint(network.backward(merged))
+    inputs.append(helper.make_tensor_value_info("content_scales", TensorProto.FLOAT, [len(content_layers)]))
+    b.nodes.append(helper.make_node("Concat", content_parts, ["content_parts"], axis=0))
+    b.nodes.append(helper.make_node("Identity", [grad], ["grad"]))
+    outputs = [
+        helper.make_tensor_value_info("content_parts", TensorProto.FLOAT, [len(content_layers)]),
+        helper.make_tensor_value_info("grad", TensorProto.FLOAT, [1, 3, HEIGHT, WIDTH]),
+    ]
+    return builder.model(inputs, outputs, opset, "onnxstyle tile gradient")
+
+
 def _tv(builder: GraphBuilder, model_input: str) -> tuple[str, str]:
     """TV term and its gradient as one grouped 2×2 Conv and its adjoint Conv."""
     b = builder

@@ -1,0 +1,295 @@
+"""Exact tiled loss and gradient: images larger than memory, same gradient as untiled.
+
+Style Grams are sums over positions, so a first pass accumulates each tile's *core* positions into the
+whole-image Grams. The loss's derivative with respect to a Gram, D = dL/dG, is then known, and a
+second pass backpropagates, per tile, the surrogate ⟨D, G_core(tile)⟩ + content(core) — whose gradient
+with respect to the tile's pixels is exactly that tile's share of the whole-image gradient. Tiles
+overlap by a halo no smaller than the deepest layer's receptive field and start on multiples of the
+network's total stride, so every core feature (and every value its gradient passes through) is
+computed from the same pixels, with the same padding and pooling windows, as in the whole image.
+Total variation needs no network and is taken on the whole image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from onnxstyle.backbones import BackboneSpec
+from onnxstyle.engines.base import Engine, EngineSpec
+from onnxstyle.errors import UsageError
+from onnxstyle.losses import LossTerms, tv_loss
+
+
+@dataclass(frozen=True)
+class Span:
+    """One axis of a tile: the pixels it reads [start, stop) and the core it owns [core_start, core_stop)."""
+
+    start: int
+    stop: int
+    core_start: int
+    core_stop: int
+
+
+@dataclass(frozen=True)
+class Tile:
+    rows: Span
+    cols: Span
+
+    def crop(self, image: torch.Tensor) -> torch.Tensor:
+        return image[:, :, self.rows.start : self.rows.stop, self.cols.start : self.cols.stop]
+
+    def core_mask(self, device: torch.device) -> torch.Tensor:
+        """(1, 1, h, w) float mask of the core inside the tile."""
+        height, width = self.rows.stop - self.rows.start, self.cols.stop - self.cols.start
+        mask = torch.zeros(1, 1, height, width, device=device)
+        mask[
+            :, :,
+            self.rows.core_start - self.rows.start : self.rows.core_stop - self.rows.start,
+            self.cols.core_start - self.cols.start : self.cols.core_stop - self.cols.start,
+        ] = 1.0
+        return mask
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How an image of ``height``×``width`` is cut: core size, halo, and the resulting tiles."""
+
+    height: int
+    width: int
+    core: int
+    halo: int
+    stride: int
+
+    @staticmethod
+    def create(backbone: BackboneSpec, layers: list[str], height: int, width: int, core: int) -> TilePlan:
+        """``core`` is rounded up to the total stride; the halo is the receptive field, rounded likewise."""
+        stride = math.prod(layer.stride for layer in backbone.truncated(layers))
+        field = backbone.receptive_field(layers)
+        if core < stride:
+            raise UsageError(f"--tile {core} is smaller than {backbone.name}'s total stride {stride}; use at least {stride}")
+        return TilePlan(height, width, -(-core // stride) * stride, -(-field // stride) * stride, stride)
+
+    def _spans(self, length: int) -> list[Span]:
+        spans = []
+        for core_start in range(0, length, self.core):
+            core_stop = min(core_start + self.core, length)
+            spans.append(Span(max(0, core_start - self.halo), min(length, core_stop + self.halo), core_start, core_stop))
+        return spans
+
+    def tiles(self) -> Iterator[Tile]:
+        for rows in self._spans(self.height):
+            for cols in self._spans(self.width):
+                yield Tile(rows, cols)
+
+    @property
+    def count(self) -> int:
+        return len(self._spans(self.height)) * len(self._spans(self.width))
+
+    @property
+    def largest_tile(self) -> tuple[int, int]:
+        """(height, width) of the biggest tile: what memory must hold at once."""
+        rows = max(span.stop - span.start for span in self._spans(self.height))
+        cols = max(span.stop - span.start for span in self._spans(self.width))
+        return rows, cols
+
+
+def check_tile(backbone: BackboneSpec, layers: list[str], core: int) -> None:
+    """A user-given tile must be at least the receptive field: its halo alone is that wide on each side."""
+    field = backbone.receptive_field(layers)
+    if core < field:
+        deepest = backbone.truncated(layers)[-1].name
+        stride = math.prod(layer.stride for layer in backbone.truncated(layers))
+        minimum = -(-field // stride) * stride
+        raise UsageError(
+            f"--tile {core} is smaller than {backbone.name}'s receptive field at {deepest} ({field} px), which every tile "
+            f"also reads as a halo on each side; use --tile {minimum} or more"
+        )
+
+
+def choose_tile(spec: EngineSpec, engine: str, height: int, width: int, available: int) -> int | None:
+    """None when the untiled loop fits in ``available`` bytes; else the largest core whose tiles fit in half of it."""
+    from onnxstyle.bench import activation_bytes, memory_model
+
+    backbone, layers = spec.backbone, spec.layers
+    model = memory_model(backbone.name, engine)
+
+    def need(rows: int, cols: int) -> float:
+        return model.per_activation_byte * activation_bytes(backbone, layers, cols, rows) + model.fixed_bytes
+
+    # what stays whole-image: ≈6 copies of the pixels (image, gradient, Adam's two moments, content, init)
+    # and the content-layer targets
+    targets = sum(math.prod(backbone.feature_shape(name, height, width) or (0,)) * 4 for name in spec.content_layers)
+    whole_image = 6 * 3 * height * width * 4 + targets
+    if need(height, width) <= 0.8 * available:
+        return None
+    field = backbone.receptive_field(layers)
+    stride = math.prod(layer.stride for layer in backbone.truncated(layers))
+    for core in range(4096, field - 1, -stride):
+        plan = TilePlan.create(backbone, layers, height, width, core)
+        rows, cols = plan.largest_tile
+        if need(rows, cols) + whole_image <= 0.5 * available:
+            return plan.core
+    raise UsageError(
+        f"{width}x{height} does not fit even tiled: the smallest tile needs ≈{(need(2 * field, 2 * field) + whole_image) / 2**30:.1f} GB, "
+        f"{available / 2**30:.1f} GB free"
+    )
+
+
+def layer_strides(backbone: BackboneSpec, layers: list[str]) -> dict[str, int]:
+    """Cumulative stride at each layer's output: feature j there is owned by the core holding pixel j·stride."""
+    strides, stride = {}, 1
+    for layer in backbone.truncated(layers):
+        stride *= layer.stride
+        strides[layer.name] = stride
+    return strides
+
+
+def feature_mask(core: torch.Tensor, stride: int, height: int, width: int) -> torch.Tensor:
+    """The core mask sampled at a layer's positions, shaped (1, 1, height, width)."""
+    sampled = core[:, :, ::stride, ::stride][:, :, :height, :width]
+    missing_rows, missing_cols = height - sampled.shape[2], width - sampled.shape[3]
+    if missing_rows or missing_cols:
+        sampled = torch.nn.functional.pad(sampled, (0, missing_cols, 0, missing_rows))
+    return sampled
+
+
+class TileBackend(Protocol):
+    """What an engine provides for tiling: masked Gram sums, and a tile's share of the gradient."""
+
+    spec: EngineSpec
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def tile_statistics(
+        self, tile: torch.Tensor, core: torch.Tensor, strides: dict[str, int]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(un-normalised Gram sums over core positions per style layer, content-layer features of the tile)."""
+        ...
+
+    def tile_gradient(
+        self,
+        tile: torch.Tensor,
+        core: torch.Tensor,
+        strides: dict[str, int],
+        style_directions: dict[str, torch.Tensor],
+        content_targets: dict[str, torch.Tensor],
+        content_scales: dict[str, float],
+    ) -> tuple[dict[str, float], torch.Tensor]:
+        """(content loss over the core per content layer, d(surrogate)/d(tile pixels))."""
+        ...
+
+    def describe(self) -> dict[str, object]: ...
+
+
+class TiledEngine(Engine):
+    """Any ``TileBackend`` engine, run tile by tile with the exact whole-image loss and gradient."""
+
+    name = "tiled"
+
+    def __init__(self, backend: TileBackend, core: int) -> None:
+        super().__init__(backend.spec)
+        self.backend = backend
+        self.core = core
+        self.layers = backend.spec.layers
+        self.strides = layer_strides(backend.spec.backbone, self.layers)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
+    def plan(self, height: int, width: int) -> TilePlan:
+        return TilePlan.create(self.spec.backbone, self.layers, height, width, self.core)
+
+    def _statistics(self, image: torch.Tensor, with_content: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Whole-image content features (if asked) and Grams (normalised as ``gram_matrix``), tile by tile."""
+        height, width = image.shape[2:]
+        gram_sums: dict[str, torch.Tensor] = {}
+        content: dict[str, torch.Tensor] = {}
+        backbone = self.spec.backbone
+        for tile in self.plan(height, width).tiles():
+            sums, features = self.backend.tile_statistics(tile.crop(image), tile.core_mask(self.device), self.strides)
+            for layer, value in sums.items():
+                gram_sums[layer] = gram_sums[layer] + value if layer in gram_sums else value
+            for layer, value in features.items() if with_content else ():
+                if layer not in content:
+                    shape = backbone.feature_shape(layer, height, width)
+                    assert shape is not None
+                    content[layer] = torch.zeros(1, *shape, device=value.device, dtype=value.dtype)
+                stride = self.strides[layer]
+                rows = _owned(tile.rows, stride, content[layer].shape[2])
+                cols = _owned(tile.cols, stride, content[layer].shape[3])
+                local_rows = slice(rows.start - tile.rows.start // stride, rows.stop - tile.rows.start // stride)
+                local_cols = slice(cols.start - tile.cols.start // stride, cols.stop - tile.cols.start // stride)
+                content[layer][:, :, rows, cols] = value[:, :, local_rows, local_cols]
+        grams = {}
+        for layer, total in gram_sums.items():
+            shape = backbone.feature_shape(layer, height, width)
+            assert shape is not None
+            grams[layer] = total / math.prod(shape)
+        return content, grams
+
+    def extract(self, image: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        content, grams = self._statistics(image.to(self.device), with_content=True)
+        return {layer: content[layer] for layer in self.spec.content_layers}, {layer: grams[layer] for layer in self.spec.style_layers}
+
+    def loss_and_grad(self, image: torch.Tensor) -> tuple[LossTerms, torch.Tensor]:
+        assert self.targets is not None, "set_targets() first"
+        targets, weights = self.targets, self.targets.weights
+        image = image.detach().to(self.device)
+        height, width = image.shape[2:]
+        backbone = self.spec.backbone
+        _, grams = self._statistics(image, with_content=False)
+        style_terms, directions = [], {}
+        for (layer, target), weight in zip(targets.style.items(), weights.style, strict=True):
+            channels = grams[layer].shape[0]
+            difference = grams[layer] - target
+            style_terms.append(float(weight * (difference**2).sum() / channels**2))
+            shape = backbone.feature_shape(layer, height, width)
+            assert shape is not None
+            # dL/dG = 2w(G−A)/C²; G = ΣF·Fᵀ/N, so the surrogate ⟨dL/dG, ΣF·Fᵀ⟩/N carries the exact gradient
+            directions[layer] = 2.0 * weight * difference / channels**2 / math.prod(shape)
+        content_scales = {}
+        for (layer, target), weight in zip(targets.content.items(), weights.content, strict=True):
+            content_scales[layer] = weight / target.numel()
+        content_terms = dict.fromkeys(targets.content, 0.0)
+        grad = torch.zeros_like(image)
+        for tile in self.plan(height, width).tiles():
+            crops = {}
+            for layer, target in targets.content.items():
+                stride = self.strides[layer]
+                shape = backbone.feature_shape(layer, tile.rows.stop - tile.rows.start, tile.cols.stop - tile.cols.start)
+                assert shape is not None
+                top, left = tile.rows.start // stride, tile.cols.start // stride
+                crop = torch.zeros(1, *shape, device=target.device, dtype=target.dtype)
+                available = target[:, :, top : top + shape[1], left : left + shape[2]]
+                crop[:, :, : available.shape[2], : available.shape[3]] = available
+                crops[layer] = crop
+            content_parts, tile_grad = self.backend.tile_gradient(
+                tile.crop(image), tile.core_mask(self.device), self.strides, directions, crops, content_scales
+            )
+            for layer, value in content_parts.items():
+                content_terms[layer] += value
+            grad[:, :, tile.rows.start : tile.rows.stop, tile.cols.start : tile.cols.stop] += tile_grad
+        pixels = image.clone().requires_grad_(True)
+        tv = tv_loss(self.spec.weights.preprocessing.to_model(pixels), weights.tv)
+        tv.backward()
+        assert pixels.grad is not None
+        grad += pixels.grad
+        content_values = list(content_terms.values())
+        total = float(tv.detach()) + sum(content_values) + sum(style_terms)
+        return LossTerms(total, content_values, style_terms, float(tv.detach())), grad
+
+    def describe(self) -> dict[str, object]:
+        plan = self.plan(self.core, self.core)
+        return {**self.backend.describe(), "tiling": {"core": plan.core, "halo": plan.halo, "exact": True}}
+
+
+def _owned(span: Span, stride: int, length: int) -> slice:
+    """Feature positions j (global) with j·stride inside the span's core, clipped to the map."""
+    return slice(-(-span.core_start // stride), min(length, -(-span.core_stop // stride)))
