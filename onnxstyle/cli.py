@@ -181,7 +181,10 @@ def stylize(
     where = result.engine.get("provider_effective") or result.engine.get("device")
     tiling = result.engine.get("tiling")
     if isinstance(tiling, dict):
-        err.print(f"tiled: cores of {tiling['core']} px with {tiling['halo']} px halos (exact whole-image gradient)", highlight=False)
+        err.print(
+            f"tiled: cores of {tiling['core']} px read {tiling['halo_before']}/{tiling['halo_after']} px halos (exact whole-image gradient)",
+            highlight=False,
+        )
     if result.timing_only:
         err.print("[yellow]weights: synthetic — timing only, not a real style transfer (install real weights: onnxstyle weights where)[/]")
     out.print(

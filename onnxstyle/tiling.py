@@ -4,9 +4,10 @@ Style Grams are sums over positions, so a first pass accumulates each tile's *co
 whole-image Grams. The loss's derivative with respect to a Gram, D = dL/dG, is then known, and a
 second pass backpropagates, per tile, the surrogate ⟨D, G_core(tile)⟩ + content(core) — whose gradient
 with respect to the tile's pixels is exactly that tile's share of the whole-image gradient. Tiles
-overlap by a halo no smaller than the deepest layer's receptive field and start on multiples of the
-network's total stride, so every core feature (and every value its gradient passes through) is
-computed from the same pixels, with the same padding and pooling windows, as in the whole image.
+start on multiples of the network's total stride and read a halo around their core as wide as the
+receptive fields of the core's features reach (before: the accumulated padding; after: the rest of
+the field), so every core feature, and every value its gradient passes through, is computed from the
+same pixels, with the same padding and pooling windows, as in the whole image.
 Total variation needs no network and is taken on the whole image.
 """
 
@@ -62,23 +63,24 @@ class TilePlan:
     height: int
     width: int
     core: int
-    halo: int
+    halo_before: int
+    halo_after: int
     stride: int
 
     @staticmethod
     def create(backbone: BackboneSpec, layers: list[str], height: int, width: int, core: int) -> TilePlan:
-        """``core`` is rounded up to the total stride; the halo is the receptive field, rounded likewise."""
+        """``core`` and the leading halo are rounded up to the total stride, so tiles start on its multiples."""
         stride = math.prod(layer.stride for layer in backbone.truncated(layers))
-        field = backbone.receptive_field(layers)
         if core < stride:
             raise UsageError(f"--tile {core} is smaller than {backbone.name}'s total stride {stride}; use at least {stride}")
-        return TilePlan(height, width, -(-core // stride) * stride, -(-field // stride) * stride, stride)
+        before, after = halo_extents(backbone, layers)
+        return TilePlan(height, width, -(-core // stride) * stride, -(-before // stride) * stride, after, stride)
 
     def _spans(self, length: int) -> list[Span]:
         spans = []
         for core_start in range(0, length, self.core):
             core_stop = min(core_start + self.core, length)
-            spans.append(Span(max(0, core_start - self.halo), min(length, core_stop + self.halo), core_start, core_stop))
+            spans.append(Span(max(0, core_start - self.halo_before), min(length, core_stop + self.halo_after), core_start, core_stop))
         return spans
 
     def tiles(self) -> Iterator[Tile]:
@@ -96,6 +98,24 @@ class TilePlan:
         rows = max(span.stop - span.start for span in self._spans(self.height))
         cols = max(span.stop - span.start for span in self._spans(self.width))
         return rows, cols
+
+
+def halo_extents(backbone: BackboneSpec, layers: list[str]) -> tuple[int, int]:
+    """Pixels a core must read before and after itself so all its features see whole receptive fields.
+
+    A unit j of a layer with cumulative stride S, padding offset P and field R reads pixels
+    [j·S − P, j·S − P + R − 1]; a core [a, b) owns units with j·S in [a, b), so it reads from a − P up
+    to b − S − P + R − 1. (VGG19 to relu5_1: 70 and 70 px, where the symmetric field would be 156.)
+    """
+    before = after = 0
+    field, jump, offset = 1, 1, 0
+    for layer in backbone.truncated(layers):
+        if layer.kind in ("conv", "pool"):
+            offset += layer.padding * jump
+            field += (layer.kernel - 1) * jump
+            jump *= layer.stride
+        before, after = max(before, offset), max(after, field - offset - jump)
+    return before, after
 
 
 def check_tile(backbone: BackboneSpec, layers: list[str], core: int) -> None:
@@ -129,7 +149,7 @@ def choose_tile(spec: EngineSpec, engine: str, height: int, width: int, availabl
         return None
     field = backbone.receptive_field(layers)
     stride = math.prod(layer.stride for layer in backbone.truncated(layers))
-    for core in range(4096, field - 1, -stride):
+    for core in range(8192, field - 1, -stride):
         plan = TilePlan.create(backbone, layers, height, width, core)
         rows, cols = plan.largest_tile
         if need(rows, cols) + whole_image <= 0.5 * available:
@@ -287,7 +307,10 @@ class TiledEngine(Engine):
 
     def describe(self) -> dict[str, object]:
         plan = self.plan(self.core, self.core)
-        return {**self.backend.describe(), "tiling": {"core": plan.core, "halo": plan.halo, "exact": True}}
+        return {
+            **self.backend.describe(),
+            "tiling": {"core": plan.core, "halo_before": plan.halo_before, "halo_after": plan.halo_after, "exact": True},
+        }
 
 
 def _owned(span: Span, stride: int, length: int) -> slice:

@@ -56,14 +56,15 @@ def test_plan_cores_partition_the_image_and_halos_cover_the_receptive_field():
     vgg = get_backbone("vgg19")
     layers = ["relu4_2", "relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
     plan = TilePlan.create(vgg, layers, 1000, 700, 300)
-    assert plan.core == 304 and plan.halo == 160 and plan.stride == 16  # rounded up to the total stride
+    assert plan.core == 304 and plan.stride == 16  # rounded up to the total stride
+    assert (plan.halo_before, plan.halo_after) == (80, 70)  # padding offset 70 rounded to the stride; 156 − 70 − 16
     owned = torch.zeros(1000, 700, dtype=torch.int32)
     for tile in plan.tiles():
         owned[tile.rows.core_start : tile.rows.core_stop, tile.cols.core_start : tile.cols.core_stop] += 1
         assert tile.rows.start % 16 == 0 and tile.cols.start % 16 == 0
-        assert tile.rows.core_start - tile.rows.start in (0, 160) or tile.rows.start == 0
+        assert tile.rows.core_start - tile.rows.start in (0, 80)
     assert bool((owned == 1).all())
-    assert plan.count == 4 * 3 and plan.largest_tile == (304 + 2 * 160, 700 - 144)
+    assert plan.count == 4 * 3 and plan.largest_tile == (80 + 304 + 70, 80 + 304 + 70)
 
 
 def test_bad_tiles_are_explained():
