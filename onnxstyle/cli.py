@@ -137,10 +137,14 @@ def stylize(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (pinned).")] = None,
     precision: Annotated[str, typer.Option(help="fp32, or bf16 (CPUs with AVX-512-BF16/AMX), fp16/tf32 (CUDA): torch engine.")] = "fp32",
     tile: Annotated[Optional[int], typer.Option(help="Tile core edge in px for the exact tiled gradient; 0 never tiles. Default: tile only when the image would not fit in free memory.")] = None,
+    scales: Annotated[Optional[str], typer.Option(help="Multi-resolution sizes, increasing (e.g. 512,1024,2048,4096,7680); each starts from the last result. Default above 1024 px: 512, doubling, up to --size.")] = None,
+    scale_iterations: Annotated[Optional[str], typer.Option(help="Iterations per scale (comma list); default --iterations at the first scale, halved per scale.")] = None,
 ) -> None:
     """Optimise an image so its features match CONTENT and its Gram matrices match STYLE(s)."""
     from onnxstyle.errors import UsageError
     from onnxstyle.images import DEMO_CONTENT, DEMO_STYLE
+    from onnxstyle.images import parse_size
+    from onnxstyle.stylize import default_scales, parse_scales, stylize_scales
     from onnxstyle.stylize import stylize as run_stylize
 
     if demo:
@@ -162,20 +166,28 @@ def stylize(
 
         now = time.perf_counter()
         if not started:
-            started.append(now)
             progress.start()
+        if not started or step == 1:  # each scale of a multi-resolution run counts from 1
+            started[:] = [now]
         rate = (step - 1) / (now - started[0]) if step > 1 and now > started[0] else 0.0
         progress.update(task, completed=step, total=total, loss=f"{terms.total:.4g}", rate=f"{rate:.2f}")  # type: ignore[attr-defined]
 
+    common = dict(
+        engine=engine, provider=provider, model=model, weights=weights, optimizer=optimizer,
+        learning_rate=learning_rate, content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
+        content_layers=content_layers, style_layers=style_layers, style_blend_weights=style_blend_weights,
+        style_scale=style_scale, seed=seed, original_colors=original_colors, pooling=pooling,
+        save_every=save_every, threads=threads, precision=precision, tile=tile, progress=report,
+    )
+    plan = parse_scales(scales) if scales else default_scales(parse_size(size or 512))
     try:
-        result = run_stylize(
-            content, styles, output, engine=engine, provider=provider, model=model, weights=weights,
-            size=size or 512, iterations=iterations or 1000, optimizer=optimizer,  # type: ignore[arg-type]
-            learning_rate=learning_rate, content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
-            content_layers=content_layers, style_layers=style_layers, style_blend_weights=style_blend_weights,
-            style_scale=style_scale, init=init, seed=seed, original_colors=original_colors, pooling=pooling,  # type: ignore[arg-type]
-            save_every=save_every, threads=threads, precision=precision, tile=tile, progress=report,
-        )
+        if len(plan) > 1:
+            err.print(f"multi-resolution: {', '.join(str(scale) for scale in plan)}", highlight=False)
+            result = stylize_scales(
+                content, styles, output, scales=plan, iterations=scale_iterations or iterations or 1000, init=init, **common
+            )
+        else:
+            result = run_stylize(content, styles, output, size=plan[0], iterations=iterations or 1000, init=init, **common)  # type: ignore[arg-type]
     finally:
         progress.stop()
     where = result.engine.get("provider_effective") or result.engine.get("device")

@@ -222,3 +222,76 @@ def stylize(
         final=last_terms[0] if last_terms else None,
         saved=saved,
     )
+
+
+def parse_scales(text: str | Sequence[int | str]) -> list[tuple[int, int] | int]:
+    """``512,1024,2048`` (longest sides) or ``960x540,1920x1080``; each must be larger than the last."""
+    items = [item.strip() for item in text.split(",")] if isinstance(text, str) else [str(item) for item in text]
+    scales = [parse_size(item) for item in items if item]
+    if not scales:
+        raise UsageError("--scales is empty; give sizes such as 512,1024,2048")
+    sides = [max(scale) if isinstance(scale, tuple) else scale for scale in scales]
+    if any(later <= earlier for earlier, later in zip(sides, sides[1:], strict=False)):
+        raise UsageError(f"--scales must increase, got {','.join(items)}")
+    return scales
+
+
+def default_scales(size: tuple[int, int] | int) -> list[tuple[int, int] | int]:
+    """Above 1024 px: start at 512 and double up to ``size``, as the classic multi-resolution scripts do."""
+    side = max(size) if isinstance(size, tuple) else size
+    if side <= 1024:
+        return [size]
+    scales: list[tuple[int, int] | int] = []
+    current = 512
+    while current < side:
+        scales.append(current)
+        current *= 2
+    return [*scales, size]
+
+
+def scale_iterations(iterations: int | str | Sequence[int], count: int) -> list[int]:
+    """One count per scale; a single number N gives N at the first scale and halves it per larger scale (≥ 20)."""
+    if isinstance(iterations, str):
+        iterations = [int(item) for item in iterations.split(",") if item.strip()]
+    if isinstance(iterations, int):
+        return [max(20, iterations >> index) if index else iterations for index in range(count)]
+    counts = list(iterations)
+    if len(counts) != count or any(value <= 0 for value in counts):
+        raise UsageError(f"--scale-iterations needs {count} positive counts (one per scale), got {counts}")
+    return counts
+
+
+def stylize_scales(
+    content: str | Path,
+    styles: Sequence[str | Path],
+    output: str | Path,
+    *,
+    scales: Sequence[tuple[int, int] | int],
+    iterations: int | Sequence[int],
+    init: str = "random",
+    **options: object,
+) -> StylizeResult:
+    """Multi-resolution: each scale starts from the previous result upsampled; the last one is ``output``.
+
+    Intermediate results are kept beside it (``out.scale512.png``), as neural-style's multires scripts do.
+    """
+    output = Path(output)
+    counts = scale_iterations(iterations, len(scales))
+    results: list[StylizeResult] = []
+    for index, (scale, count) in enumerate(zip(scales, counts, strict=True)):
+        label = f"{scale[0]}x{scale[1]}" if isinstance(scale, tuple) else str(scale)
+        path = output if index == len(scales) - 1 else output.with_name(f"{output.stem}.scale{label}{output.suffix}")
+        start = init if index == 0 else str(results[-1].output)
+        results.append(stylize(content, styles, path, size=scale, iterations=count, init=start, **options))  # type: ignore[arg-type]
+    last = results[-1]
+    return StylizeResult(
+        output=last.output,
+        iterations=sum(result.iterations for result in results),
+        losses=[loss for result in results for loss in result.losses],
+        seconds=sum(result.seconds for result in results),
+        engine={**last.engine, "scales": [result.iterations for result in results]},
+        weights=last.weights,
+        timing_only=last.timing_only,
+        final=last.final,
+        saved=[result.output for result in results[:-1]] + [path for result in results for path in result.saved],
+    )

@@ -62,3 +62,32 @@ def test_nan_loss_stops_and_keeps_the_last_good_image(tmp_path):
     with pytest.raises(NumericalError, match="saved the last good image"):
         stylize(output=tmp_path / "nan.png", model="nin", size=64, iterations=5, optimizer="adam", style_weight=float("inf"), **FAST)
     assert (tmp_path / "nan.png").exists()
+
+
+def test_scales_parse_default_and_split_iterations():
+    from onnxstyle.stylize import default_scales, parse_scales, scale_iterations
+
+    assert parse_scales("512,1024,1920x1080") == [512, 1024, (1920, 1080)]
+    with pytest.raises(UsageError, match="must increase"):
+        parse_scales("1024,512")
+    with pytest.raises(UsageError, match="invalid size"):
+        parse_scales("512,big")
+    assert default_scales(768) == [768]
+    assert default_scales((7680, 4320)) == [512, 1024, 2048, 4096, (7680, 4320)]
+    assert scale_iterations(200, 4) == [200, 100, 50, 25]
+    assert scale_iterations("30,20", 2) == [30, 20]
+    with pytest.raises(UsageError, match="needs 3 positive counts"):
+        scale_iterations("30,20", 3)
+
+
+def test_multi_resolution_starts_each_scale_from_the_last(tmp_path):
+    from onnxstyle.stylize import stylize_scales
+
+    output = tmp_path / "out.png"
+    result = stylize_scales(
+        "demo:content", ["demo:style"], output, scales=[64, 96], iterations=[15, 5], model="nin", optimizer="adam", **FAST
+    )
+    assert result.iterations == 20 and result.engine["scales"] == [15, 5]
+    assert Image.open(output).size == (96, 96) and Image.open(tmp_path / "out.scale64.png").size == (64, 64)
+    fresh = stylize(output=tmp_path / "fresh.png", model="nin", size=96, iterations=1, optimizer="adam", **FAST)
+    assert result.losses[15] < 0.75 * fresh.losses[0]  # the second scale began from the first's result, not from noise
