@@ -200,12 +200,18 @@ def stylize(
     if result.timing_only:
         err.print("[yellow]weights: synthetic — timing only, not a real style transfer (install real weights: onnxstyle weights where)[/]")
     out.print(
-        f"wrote {result.output}: {result.iterations} iterations in {result.seconds:.1f}s "
-        f"({60 * result.iterations / result.seconds:.0f} it/min) on {result.engine['engine']} [{where}], "
-        f"loss {result.losses[0]:.4g} → {result.losses[-1]:.4g} (−{100 * result.loss_reduction:.1f}%), weights {result.weights}",
+        f"wrote {result.output}: {result.iterations} iterations in {result.seconds:.1f}s ({_pace(result.iterations, result.seconds)}) "
+        f"on {result.engine['engine']} [{where}], loss {result.losses[0]:.4g} → {result.losses[-1]:.4g} "
+        f"({-100 * result.loss_reduction:+.1f}%), weights {result.weights}",
         highlight=False,
         markup=False,
     )
+
+
+def _pace(iterations: int, seconds: float) -> str:
+    """it/min, or seconds per iteration when that reads better (large images)."""
+    rate = 60 * iterations / seconds if seconds > 0 else 0.0
+    return f"{rate:,.0f} it/min" if rate >= 10 else f"{seconds / max(iterations, 1):,.1f} s/it"
 
 
 @app.command()

@@ -76,3 +76,21 @@ def test_bad_tiles_are_explained():
     assert choose_tile(spec, "onnxruntime", 4320, 7680, 10 * 2**30) is not None
     with pytest.raises(UsageError, match="does not fit even tiled"):
         choose_tile(spec, "onnxruntime", 30000, 30000, 4 * 2**30)
+
+
+@pytest.mark.parametrize("weights_id", ["vgg19", "vgg19-caffe"])
+def test_streamed_tv_matches_autograd(weights_id):
+    from onnxstyle.losses import tv_loss
+    from onnxstyle.tiling import add_tv_gradient
+    from onnxstyle.weights import CATALOGUE
+
+    preprocessing = CATALOGUE[weights_id].preprocessing
+    image = torch.rand(1, 3, 37, 53, generator=torch.Generator().manual_seed(2))
+    pixels = image.clone().requires_grad_(True)
+    expected = tv_loss(preprocessing.to_model(pixels), 1e-3)
+    expected.backward()
+    grad = torch.ones_like(image)
+    value = add_tv_gradient(image, preprocessing, 1e-3, grad)
+    assert value == pytest.approx(float(expected), rel=1e-5)
+    scale = max(1.0, float(pixels.grad.abs().max()))
+    assert torch.allclose(grad - 1.0, pixels.grad, atol=1e-6 * scale)  # added into what was there
