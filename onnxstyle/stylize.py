@@ -97,7 +97,7 @@ def stylize(
     provider: str = "cpu",
     model: str = "vgg19",
     weights: str = "auto",
-    size: int | str = 512,
+    size: int | str | tuple[int, int] = 512,
     iterations: int = 1000,
     optimizer: Optimizer = "lbfgs",
     learning_rate: float = 0.02,
@@ -132,7 +132,7 @@ def stylize(
     backbone = get_backbone(model)
     contents = backbone.validate_layers(parse_layers(content_layers, backbone.default_content_layers))
     style_names = backbone.validate_layers(parse_layers(style_layers, backbone.default_style_layers))
-    target_size = parse_size(size)
+    target_size = size if isinstance(size, tuple) else parse_size(size)
     content_image = resize(load_image(content), target_size)
     minimum = backbone.min_size([*contents, *style_names])
     if min(content_image.size) < minimum:
@@ -250,11 +250,11 @@ def default_scales(size: tuple[int, int] | int) -> list[tuple[int, int] | int]:
 
 
 def scale_iterations(iterations: int | str | Sequence[int], count: int) -> list[int]:
-    """One count per scale; a single number N gives N at the first scale and halves it per larger scale (≥ 20)."""
+    """One count per scale; a single number N gives N at the first scale and halves it per larger scale (≥ min(N, 20))."""
     if isinstance(iterations, str):
         iterations = [int(item) for item in iterations.split(",") if item.strip()]
     if isinstance(iterations, int):
-        return [max(20, iterations >> index) if index else iterations for index in range(count)]
+        return [max(min(20, iterations), iterations >> index) for index in range(count)]
     counts = list(iterations)
     if len(counts) != count or any(value <= 0 for value in counts):
         raise UsageError(f"--scale-iterations needs {count} positive counts (one per scale), got {counts}")

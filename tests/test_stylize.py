@@ -75,6 +75,7 @@ def test_scales_parse_default_and_split_iterations():
     assert default_scales(768) == [768]
     assert default_scales((7680, 4320)) == [512, 1024, 2048, 4096, (7680, 4320)]
     assert scale_iterations(200, 4) == [200, 100, 50, 25]
+    assert scale_iterations(100, 5) == [100, 50, 25, 20, 20] and scale_iterations(2, 3) == [2, 2, 2]
     assert scale_iterations("30,20", 2) == [30, 20]
     with pytest.raises(UsageError, match="needs 3 positive counts"):
         scale_iterations("30,20", 3)
@@ -85,7 +86,7 @@ def test_multi_resolution_starts_each_scale_from_the_last(tmp_path):
 
     output = tmp_path / "out.png"
     result = stylize_scales(
-        "demo:content", ["demo:style"], output, scales=[64, 96], iterations=[15, 5], model="nin", optimizer="adam", **FAST
+        "demo:content", ["demo:style"], output, scales=[64, (96, 96)], iterations=[15, 5], model="nin", optimizer="adam", **FAST
     )
     assert result.iterations == 20 and result.engine["scales"] == [15, 5]
     assert Image.open(output).size == (96, 96) and Image.open(tmp_path / "out.scale64.png").size == (64, 64)
