@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The main job: every usable runner x VGG19, NIN x 64,128,256 px on the built-in demo images (≈5 min on 2 cores);
+# The main job: every usable runner x VGG19, NIN x 64,128,256 px on the built-in demo images (≈3 min on 2 cores);
 # tables on screen, JSON/CSV/Markdown/PNG under reports/bench-<time>.*
 demo: $(STAMP)
 	$(BIN)/onnxstyle bench
