@@ -70,12 +70,7 @@ class TorchEngine(Engine):
         total, content, style, tv = objective(
             self.features(model_input), model_input, self.targets.content, self.targets.style, self.targets.weights
         )
-        scale = FP16_LOSS_SCALE if self.precision == "fp16" else 1.0
-        (total * scale).backward()
-        assert pixels.grad is not None
-        grad = pixels.grad / scale if scale != 1.0 else pixels.grad
-        if self.precision == "fp16" and not bool(torch.isfinite(grad).all()):
-            raise NumericalError(f"fp16 gradient overflowed (loss scale {scale:g}); use bf16 or fp32")
+        grad = self._gradient(total, pixels)
         terms = LossTerms(float(total.detach()), [float(t.detach()) for t in content], [float(t.detach()) for t in style], float(tv.detach()))
         return terms, grad
 
@@ -87,8 +82,7 @@ class TorchEngine(Engine):
             features = self.features(self.spec.weights.preprocessing.to_model(tile.to(self._device)))
             sums = {}
             for layer in self.spec.style_layers:
-                value = features[layer]
-                masked = (value * feature_mask(core, strides[layer], *value.shape[2:])).reshape(value.shape[1], -1)
+                masked = _core_matrix(features[layer], core, strides[layer])
                 sums[layer] = masked @ masked.t()
         return sums, {layer: features[layer] for layer in self.spec.content_layers}
 
@@ -107,8 +101,7 @@ class TorchEngine(Engine):
         surrogate = torch.zeros((), device=self._device)
         content_parts = {}
         for layer, direction in style_directions.items():
-            value = features[layer]
-            masked = (value * feature_mask(core, strides[layer], *value.shape[2:])).reshape(value.shape[1], -1)
+            masked = _core_matrix(features[layer], core, strides[layer])
             surrogate = surrogate + (direction * (masked @ masked.t())).sum()
         for layer, target in content_targets.items():
             value = features[layer]
@@ -116,10 +109,17 @@ class TorchEngine(Engine):
             part = content_scales[layer] * (((value - target) ** 2) * mask).sum()
             content_parts[layer] = float(part.detach())
             surrogate = surrogate + part
+        return content_parts, self._gradient(surrogate, pixels)
+
+    def _gradient(self, value: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """d(value)/d(pixels), through the fp16 loss scale (and its overflow check) when running fp16."""
         scale = FP16_LOSS_SCALE if self.precision == "fp16" else 1.0
-        (surrogate * scale).backward()
+        (value * scale).backward()
         assert pixels.grad is not None
-        return content_parts, pixels.grad / scale if scale != 1.0 else pixels.grad
+        grad = pixels.grad / scale if scale != 1.0 else pixels.grad
+        if self.precision == "fp16" and not bool(torch.isfinite(grad).all()):
+            raise NumericalError(f"fp16 gradient overflowed (loss scale {scale:g}); use bf16 or fp32")
+        return grad
 
     def describe(self) -> dict[str, object]:
         return {
@@ -132,3 +132,9 @@ class TorchEngine(Engine):
             "tf32": self.precision == "tf32" if self._device.type == "cuda" else None,
             "torch": torch.__version__,
         }
+
+
+def _core_matrix(features: torch.Tensor, core: torch.Tensor, stride: int) -> torch.Tensor:
+    """A tile's (C, H·W) feature matrix with positions outside its core zeroed: what its Gram share sums."""
+    masked = features * feature_mask(core, stride, *features.shape[2:])
+    return masked.reshape(features.shape[1], -1)
