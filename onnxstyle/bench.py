@@ -489,8 +489,21 @@ def cell_tile(runner: Runner, spec: EngineSpec, width: int, height: int, tile: i
     return choose_tile(spec, runner.engine, height, width, available)
 
 
+def takes_cuda_graph(runner: Runner) -> bool:
+    from onnxstyle.providers import CUDA_GRAPH_PROVIDERS, canonical
+
+    return runner.engine == "onnxruntime" and canonical(runner.target) in CUDA_GRAPH_PROVIDERS
+
+
 def build_loop(
-    runner: Runner, spec: EngineSpec, width: int, height: int, threads: int | None, precision: str = "fp32", tile: int | None = None
+    runner: Runner,
+    spec: EngineSpec,
+    width: int,
+    height: int,
+    threads: int | None,
+    precision: str = "fp32",
+    tile: int | None = None,
+    cuda_graph: bool = False,
 ) -> Loop:
     """Everything a cell's setup time covers: graphs, sessions, weights on the device, targets."""
     content, style = demo_pair(width, height)
@@ -502,7 +515,8 @@ def build_loop(
             spec, content, style, weights, device=runner.target, threads=threads, learning_rate=LEARNING_RATE, precision=precision
         )
     engine = create_engine(
-        runner.engine, spec, provider=runner.target, threads=threads, sizes=[(height, width)], precision=precision, tile=tile
+        runner.engine, spec, provider=runner.target, threads=threads, sizes=[(height, width)], precision=precision, tile=tile,
+        cuda_graph=cuda_graph,
     )
     engine.set_targets(engine.build_targets(content, [style], [1.0], weights))
     return EngineLoop(engine, content)
@@ -571,6 +585,7 @@ class Cell:
     status: str = "pending"  # ok | skipped | failed | interrupted
     reason: str = ""
     tile: int | None = None  # core edge (px) when the cell ran tiled (exact gradient)
+    cuda_graph: bool = False  # ORT captured and replayed a CUDA graph of the loss+gradient run
     engine: dict[str, Any] = field(default_factory=dict)
     weights: str = ""
     threads: int | None = None
@@ -616,6 +631,7 @@ class BenchOptions:
     check: bool = True
     skipped: dict[Runner, str] = field(default_factory=dict)
     tile: int | None = None  # None: tile only cells that would not fit; 0: never; N: always, cores of N px
+    cuda_graph: bool = False  # for ORT runners on cuda/tensorrt (others run as usual)
 
     def __post_init__(self) -> None:
         if self.iterations is not None and self.iterations <= 0:
@@ -788,8 +804,10 @@ def run_bench(
                         progress(cell, "gradient check")
                     checks[check_key] = check_gradient(runner, spec, threads, precision)
                 cell.check = checks.get(check_key)
+                cell.cuda_graph = options.cuda_graph and takes_cuda_graph(runner)
+                loop = partial(build_loop, runner, spec, width, height, threads, precision, cell.tile, cell.cuda_graph)
                 with PeakMemory() as memory:
-                    measure_cell(cell, partial(build_loop, runner, spec, width, height, threads, precision, cell.tile), options, runner.device, progress)
+                    measure_cell(cell, loop, options, runner.device, progress)
                 cell.rss_before_bytes, cell.peak_rss_bytes = memory.before, memory.peak
                 if runner.device == "cuda":
                     cell.device_peak_bytes = int(torch.cuda.max_memory_allocated())

@@ -135,7 +135,8 @@ def stylize(
     pooling: Annotated[str, typer.Option(help="max or avg.")] = "max",
     save_every: Annotated[int, typer.Option(help="Also save every N iterations (0: only at the end).")] = 0,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (pinned).")] = None,
-    precision: Annotated[str, typer.Option(help="fp32, or bf16 (CPUs with AVX-512-BF16/AMX), fp16/tf32 (CUDA): torch engine.")] = "fp32",
+    precision: Annotated[str, typer.Option(help="fp32; bf16 (torch on CPUs with AVX-512-BF16/AMX, CUDA); fp16 (torch-cuda, tensorrt); tf32 (CUDA).")] = "fp32",
+    cuda_graph: Annotated[bool, typer.Option(help="ONNX Runtime on cuda/tensorrt: capture the loss+gradient run once per size and replay it.")] = False,
     tile: Annotated[Optional[int], typer.Option(help="Tile core edge in px for the exact tiled gradient; 0 never tiles. Default: tile only when the image would not fit in free memory.")] = None,
     scales: Annotated[Optional[str], typer.Option(help="Multi-resolution sizes, increasing (e.g. 512,1024,2048,4096,7680); each starts from the last result. Default above 1024 px: 512, doubling, up to --size.")] = None,
     scale_iterations: Annotated[Optional[str], typer.Option(help="Iterations per scale (comma list); default --iterations at the first scale, halved per scale.")] = None,
@@ -177,7 +178,7 @@ def stylize(
         learning_rate=learning_rate, content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
         content_layers=content_layers, style_layers=style_layers, style_blend_weights=style_blend_weights,
         style_scale=style_scale, seed=seed, original_colors=original_colors, pooling=pooling,
-        save_every=save_every, threads=threads, precision=precision, tile=tile, progress=report,
+        save_every=save_every, threads=threads, precision=precision, tile=tile, cuda_graph=cuda_graph, progress=report,
     )
     plan = parse_scales(scales) if scales else default_scales(parse_size(size or 512))
     try:
@@ -230,11 +231,13 @@ def bench(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the JSON, CSV, Markdown and PNG reports.")] = Path("reports"),
     name: Annotated[Optional[str], typer.Option(help="Report file stem (default bench-YYYYmmdd-HHMMSS).")] = None,
     tile: Annotated[Optional[int], typer.Option(help="Tile core edge (px) for our engines; 0 never tiles. Default: tile cells that would not fit.")] = None,
+    cuda_graph: Annotated[bool, typer.Option(help="ONNX Runtime runners on cuda/tensorrt capture each cell's run as a CUDA graph.")] = False,
 ) -> None:
     """Iterations per minute by runner × model × size, beside the 2016 study; writes reports."""
     import time
 
     from onnxstyle.bench import BenchOptions, Cell, check_precisions, parse_models, parse_precisions, parse_sizes, run_bench, select_runners
+    from onnxstyle.errors import UsageError
     from onnxstyle.report import check_directory, new_report, write_report
     from onnxstyle.weights import resolve
 
@@ -244,6 +247,11 @@ def bench(
     check_directory(out_dir)
     runners, skipped = select_runners(provider)
     check_precisions(runners, precisions)
+    if cuda_graph:
+        from onnxstyle.bench import takes_cuda_graph
+
+        if not any(takes_cuda_graph(runner) for runner in runners):
+            raise UsageError("--cuda-graph applies to ONNX Runtime on cuda or tensorrt, and no selected runner is one")
     if tile:
         from onnxstyle.bench import engine_spec
         from onnxstyle.tiling import check_tile
@@ -253,7 +261,7 @@ def bench(
     options = BenchOptions(
         runners=runners, models=models, sizes=size_list, precisions=precisions, duration=None if iterations else duration,
         iterations=iterations, runs=runs, warmup=warmup, threads=threads, weights=weights, check=check, skipped=skipped,
-        tile=tile,
+        tile=tile, cuda_graph=cuda_graph,
     )
     labels = {spec.name: resolve(weights, spec).label for spec in models}
     if any("timing only" in label for label in labels.values()):

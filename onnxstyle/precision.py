@@ -39,7 +39,16 @@ def cpu_has_bf16() -> bool:
 def supported(engine: str, device: str) -> tuple[tuple[str, ...], str]:
     """(precisions this engine runs on this device, why the others are not offered)."""
     if engine == "onnxruntime":
-        return ("fp32",), "the exported gradient graphs are fp32; reduced-precision graphs are not built yet"
+        if device == "tensorrt":
+            return ("fp32", "fp16"), "TensorRT builds fp16 engines from the fp32 graph; bf16/tf32 are not offered through ORT's options"
+        if device == "cuda":
+            return ("fp32", "tf32"), "fp16/bf16 need a reduced-precision graph the CUDA EP would run; use tensorrt for fp16"
+        if device == "cpu":
+            return ("fp32",), (
+                "ONNX Runtime's CPU provider has no bf16 Conv kernels (ONNX Conv admits bf16 only from opset 22) and "
+                "its fp16 convolutions are slower than fp32 on CPUs without AVX512-FP16; --engine torch runs bf16"
+            )
+        return ("fp32",), f"only fp32 is wired up for the {device} provider"
     if device.startswith("cuda"):
         on_device = ["fp32", "tf32", "fp16"]
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():

@@ -40,6 +40,14 @@ def canonical(name: str) -> str:
     raise UsageError(f"unknown provider '{name}'; use one of {', '.join(sorted(ALIASES))} or a full ORT provider name")
 
 
+# Providers whose sessions get graphs with every input shape fixed (one session per size). Our graphs
+# compute feature sizes with Shape ops; the CUDA EP places such shape arithmetic on the CPU EP, which a
+# session without CPU fallback refuses and a CUDA graph cannot capture. With static inputs ORT folds it
+# all to constants. CPU runs dynamic shapes natively; TensorRT takes them through optimisation profiles.
+DYNAMIC_SHAPE_PROVIDERS = ("CPUExecutionProvider", "TensorrtExecutionProvider")
+CUDA_GRAPH_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
 def short_name(provider: str) -> str:
     reverse = {full: alias for alias, full in ALIASES.items() if alias not in ("trt", "directml")}
     return reverse.get(provider, provider.removesuffix("ExecutionProvider").lower())
@@ -69,16 +77,24 @@ class ProviderConfig:
     profile: ShapeProfile | None = None
     extra: dict[str, str] = field(default_factory=dict)
     memory_arena: bool = True
+    precision: str = "fp32"
+    cuda_graph: bool = False
 
     def options(self) -> dict[str, str]:
-        """Provider options per the ONNX Runtime documentation, with TF32 and algo search pinned."""
+        """Provider options per the ONNX Runtime documentation, with TF32, fp16 and algo search pinned.
+
+        Everything that changes speed is set explicitly (never left to a default that differs between
+        ORT versions) and recorded in reports: cuDNN's exhaustive algorithm search, TF32 only when asked,
+        CUDA graphs only when asked.
+        """
         options: dict[str, str] = {}
         if self.provider == "CUDAExecutionProvider":
             options = {
                 "device_id": str(self.device_id),
                 "cudnn_conv_algo_search": "EXHAUSTIVE",
-                "use_tf32": "0",
+                "use_tf32": "1" if self.precision == "tf32" else "0",
                 "do_copy_in_default_stream": "1",
+                "enable_cuda_graph": "1" if self.cuda_graph else "0",
             }
         elif self.provider == "TensorrtExecutionProvider":
             engines = self.cache_dir / "tensorrt"
@@ -88,7 +104,8 @@ class ProviderConfig:
                 "trt_engine_cache_path": str(engines),
                 "trt_timing_cache_enable": "True",
                 "trt_timing_cache_path": str(engines),
-                "trt_fp16_enable": "False",
+                "trt_fp16_enable": "True" if self.precision == "fp16" else "False",
+                "trt_cuda_graph_enable": "True" if self.cuda_graph else "False",
             }
             if self.profile is not None:
                 options["trt_profile_min_shapes"] = ShapeProfile.format(self.profile.min)
@@ -208,7 +225,7 @@ class ProviderStatus:
     reason: str
 
 
-def _probe_model() -> bytes:
+def probe_model() -> bytes:
     from onnx import TensorProto, helper
 
     node = helper.make_node("Relu", ["x"], ["y"])
@@ -225,7 +242,7 @@ def probe_providers() -> list[ProviderStatus]:
     import onnxruntime as ort
 
     statuses = []
-    probe = _probe_model()
+    probe = probe_model()
     for provider in ort.get_available_providers():
         try:
             create_session(probe, ProviderConfig(provider))

@@ -175,7 +175,7 @@ def speedup(report: Report, cell: Cell) -> float | None:
 
 
 def _cell_size(cell: Cell) -> str:
-    return f"{cell.width}x{cell.height}" + (f" tiled {cell.tile}" if cell.tile else "")
+    return f"{cell.width}x{cell.height}" + (f" tiled {cell.tile}" if cell.tile else "") + (" cuda-graph" if cell.cuda_graph else "")
 
 
 def _gb(value: int | None) -> str:

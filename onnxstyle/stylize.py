@@ -116,6 +116,7 @@ def stylize(
     threads: int | None = None,
     precision: str = "fp32",
     tile: int | None = None,
+    cuda_graph: bool = False,
     progress: ProgressCallback | None = None,
 ) -> StylizeResult:
     """Stylise ``content`` with one or more ``styles`` and write ``output``; returns the loss history."""
@@ -144,10 +145,10 @@ def stylize(
     style_images = [resize(load_image(style), style_side) for style in styles]
     resolved = resolve(weights, backbone)
     spec = EngineSpec(backbone, tuple(contents), tuple(style_names), pooling, resolved)
-    tile = _tile_for(spec, engine, provider, content_image.height, content_image.width, tile)
+    tile = _tile_for(spec, engine, provider, content_image.height, content_image.width, 0 if cuda_graph and tile is None else tile)
     runner = create_engine(
         engine, spec, provider=provider, threads=threads, sizes=[(content_image.height, content_image.width)],
-        precision=precision, tile=tile,
+        precision=precision, tile=tile, cuda_graph=cuda_graph,
     )
     device = runner.device
     loss_weights = LossWeights((content_weight,) * len(contents), (style_weight,) * len(style_names), tv_weight)

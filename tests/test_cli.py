@@ -33,6 +33,8 @@ def test_version_and_env():
         (["bench", "--provider", "cpu", "--precision", "bf16", "--sizes", "64"], 2, "runners that can: eager-cpu, torch-cpu"),
         (["stylize", "--demo", "--tile", "100"], 2, "use --tile 160 or more"),
         (["bench", "--provider", "cpu", "--model", "nin", "--tile", "64"], 2, "receptive field at relu10 (195 px)"),
+        (["stylize", "--demo", "--cuda-graph"], 2, "CUDA graphs need the cuda or tensorrt provider, not cpu"),
+        (["bench", "--provider", "cpu", "--cuda-graph", "--sizes", "64"], 2, "--cuda-graph applies to ONNX Runtime on cuda or tensorrt"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, args, code, message):

@@ -17,12 +17,18 @@ def create_engine(
     sizes: list[tuple[int, int]] | None = None,
     precision: str = "fp32",
     tile: int | None = None,
+    cuda_graph: bool = False,
 ) -> Engine:
     """``provider`` is an ORT provider for onnxruntime and a torch device (cpu, cuda) for torch.
 
     ``tile`` (a core edge in pixels) runs the engine tile by tile with the exact whole-image gradient.
+    ``cuda_graph`` captures each size's loss+gradient run once and replays it (ORT on cuda/tensorrt).
     """
-    engine = _create(name, spec, provider=provider, threads=threads, sizes=sizes, precision=precision)
+    if cuda_graph and tile:
+        raise UsageError("CUDA graphs replay one fixed-shape run; they cannot be combined with tiling (use --tile 0)")
+    if cuda_graph and name.lower() not in ("ort", "onnxruntime"):
+        raise UsageError(f"CUDA graphs are an ONNX Runtime option; the {name} engine does not take them")
+    engine = _create(name, spec, provider=provider, threads=threads, sizes=sizes, precision=precision, cuda_graph=cuda_graph)
     if tile:
         from onnxstyle.tiling import TiledEngine
 
@@ -31,7 +37,14 @@ def create_engine(
 
 
 def _create(
-    name: str, spec: EngineSpec, *, provider: str, threads: int | None, sizes: list[tuple[int, int]] | None, precision: str
+    name: str,
+    spec: EngineSpec,
+    *,
+    provider: str,
+    threads: int | None,
+    sizes: list[tuple[int, int]] | None,
+    precision: str,
+    cuda_graph: bool = False,
 ) -> Engine:
     key = name.lower()
     if key in ("ort", "onnxruntime"):
@@ -40,7 +53,7 @@ def _create(
         from onnxstyle.providers import ProviderConfig, canonical, short_name
         from onnxstyle.sysinfo import default_threads
 
-        config = ProviderConfig(canonical(provider), threads=threads or default_threads())
+        config = ProviderConfig(canonical(provider), threads=threads or default_threads(), precision=precision, cuda_graph=cuda_graph)
         require("onnxruntime", short_name(config.provider), precision)
         return OnnxRuntimeEngine(spec, config, sizes)
     if key == "torch":

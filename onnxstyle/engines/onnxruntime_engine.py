@@ -1,15 +1,19 @@
 """The ONNX Runtime engine: the exported loss+gradient graph on any execution provider.
 
 On CUDA/TensorRT the image, targets and gradient stay on the GPU through IOBinding (torch CUDA
-tensors are bound by pointer), so a step copies only the few loss scalars back to the host.
+tensors are bound by pointer, the optimiser updates them there), so a step copies only the few loss
+scalars back to the host; the buffers keep their addresses, which lets ORT capture a CUDA graph.
+Providers other than CPU and TensorRT get one session per image size with the shapes fixed
+(see ``providers.DYNAMIC_SHAPE_PROVIDERS``).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
+import onnx
 import torch
 
 from onnxstyle.engines.base import Engine, EngineSpec
@@ -20,11 +24,23 @@ from onnxstyle.exporters.export import (
     build_tile_gradient_model,
     build_tile_statistics_model,
     content_input,
+    dimension_values,
+    fix_dimensions,
     style_input,
 )
 from onnxstyle.exporters.graph import IMAGE_INPUT
 from onnxstyle.losses import LossTerms
-from onnxstyle.providers import ProviderConfig, ShapeProfile, create_session, ort_package
+from onnxstyle.errors import UsageError
+from onnxstyle.providers import (
+    CUDA_GRAPH_PROVIDERS,
+    DYNAMIC_SHAPE_PROVIDERS,
+    ProviderConfig,
+    ShapeProfile,
+    create_session,
+    ort_package,
+    probe_model,
+    short_name,
+)
 from onnxstyle.sysinfo import release_memory
 from onnxstyle.weights import build_backbone
 
@@ -46,51 +62,105 @@ def tensorrt_profile(spec: EngineSpec, sizes: list[tuple[int, int]]) -> ShapePro
     return ShapeProfile(shapes["min"], shapes["opt"], shapes["max"])
 
 
+GraphKind = Literal["loss", "features", "tile_statistics", "tile_gradient"]
+# Sessions whose runs happen once per target image or tile pass return their buffers to the OS at once.
+ARENA_FREE_KINDS: tuple[GraphKind, ...] = ("features", "tile_statistics")
+
+
+@dataclass
+class BoundRun:
+    """One loss session's IOBinding with fixed device buffers: the image is copied in, nothing is reallocated.
+
+    Fixed addresses for every input and output are what a CUDA graph replays; without one they still
+    keep each step free of host copies except the few loss scalars.
+    """
+
+    binding: Any
+    image: torch.Tensor
+    grad: torch.Tensor
+    scalars: dict[str, torch.Tensor]
+
+
 class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
 
-    def __init__(self, spec: EngineSpec, config: ProviderConfig, sizes: list[tuple[int, int]] | None = None) -> None:
+    def __init__(
+        self, spec: EngineSpec, config: ProviderConfig, sizes: list[tuple[int, int]] | None = None, *, io_binding: bool | None = None
+    ) -> None:
+        """``io_binding`` None: on GPU providers (where it saves host copies); True also on CPU, where it runs the same path."""
         super().__init__(spec)
         if config.provider == "TensorrtExecutionProvider" and config.profile is None and sizes:
             config.profile = tensorrt_profile(spec, sizes)
+        if config.cuda_graph and config.provider not in CUDA_GRAPH_PROVIDERS:
+            raise UsageError(f"CUDA graphs need the cuda or tensorrt provider, not {short_name(config.provider)}")
         self.config = config
-        model = build_backbone(spec.backbone, spec.layers, pooling=spec.pooling, resolved=spec.weights)
-        loss_graph = build_loss_model(
-            model, spec.weights.preprocessing, content_layers=spec.content_layers, style_layers=spec.style_layers
-        )
-        self.loss_session = create_session(loss_graph.SerializeToString(), config)
-        # The session holds its own copy of the weights; the proto and the torch model (≈0.4 GB for VGG19) go.
-        del model, loss_graph
-        release_memory()
-        self._features_session: Any = None
-        self._tile_sessions_cache: tuple[Any, Any] | None = None
         self.on_gpu = config.provider in GPU_PROVIDERS
+        self.static_shapes = config.provider not in DYNAMIC_SHAPE_PROVIDERS
+        self.io_binding = self.on_gpu if io_binding is None else io_binding
+        if config.cuda_graph and not self.io_binding:
+            raise UsageError("CUDA graphs need IOBinding (fixed buffer addresses)")
+        self._device = torch.device(f"cuda:{config.device_id}") if self.on_gpu else torch.device("cpu")
+        self._sessions: dict[tuple[GraphKind, int, int], Any] = {}
+        self._graphs: dict[GraphKind, onnx.ModelProto] = {}
+        self._strides: dict[str, int] = {}
+        self._bound: dict[tuple[int, int], BoundRun] = {}
+        self._feeds: dict[str, Any] = {}
         if not self.on_gpu:
             # ORT's pool owns the cores; torch only runs the optimiser's small vector updates between
             # runs, and its own spinning OpenMP threads would steal time from ORT's (loop overhead 3-15% → ~1%).
             torch.set_num_threads(1)
-        self._device = torch.device(f"cuda:{config.device_id}") if self.on_gpu else torch.device("cpu")
-        self._feeds: dict[str, Any] = {}
+        # Opened now so that set-up time, not the first iteration, pays for it (per size where shapes are fixed),
+        # and an unusable provider fails here, in one line.
+        for height, width in (sizes or []) if self.static_shapes else [(0, 0)]:
+            self._session("loss", height, width)
+        if not self._sessions:
+            create_session(probe_model(), config)
 
     @property
     def device(self) -> torch.device:
         return self._device
 
-    @property
-    def features_session(self) -> Any:
-        """The feature extractor, opened on demand: it is only needed while targets are built."""
-        if self._features_session is None:
-            spec = self.spec
-            model = build_backbone(spec.backbone, spec.layers, pooling=spec.pooling, resolved=spec.weights)
+    def _build(self, kind: GraphKind) -> onnx.ModelProto:
+        spec = self.spec
+        model = build_backbone(spec.backbone, spec.layers, pooling=spec.pooling, resolved=spec.weights)
+        layers = {"content_layers": spec.content_layers, "style_layers": spec.style_layers}
+        if kind == "loss":
+            return build_loss_model(model, spec.weights.preprocessing, **layers)
+        if kind == "features":
             model.outputs = list(spec.content_layers)
-            graph = build_features_model(model, spec.weights.preprocessing, grams=spec.style_layers)
-            # Without an arena its activations go back to the OS as soon as a run ends.
-            self._features_session = create_session(graph.SerializeToString(), replace(self.config, memory_arena=False))
-        return self._features_session
+            return build_features_model(model, spec.weights.preprocessing, grams=spec.style_layers)
+        if kind == "tile_statistics":
+            return build_tile_statistics_model(model, spec.weights.preprocessing, **layers, strides=self._strides)
+        return build_tile_gradient_model(model, spec.weights.preprocessing, **layers, strides=self._strides)
+
+    def _session(self, kind: GraphKind, height: int, width: int) -> Any:
+        """The session running graph ``kind``: one for all sizes, or one per input size where shapes are fixed."""
+        key = (kind, height, width) if self.static_shapes else (kind, 0, 0)
+        if key not in self._sessions:
+            if self.static_shapes:
+                # The dynamic graph is kept (host memory) to stamp out one fixed-shape copy per size.
+                if kind not in self._graphs:
+                    self._graphs[kind] = self._build(kind)
+                graph = fix_dimensions(self._graphs[kind], dimension_values(self.spec.backbone, self.spec.content_layers, height, width))
+            else:
+                graph = self._build(kind)
+            config = replace(self.config, memory_arena=False) if kind in ARENA_FREE_KINDS else self.config
+            self._sessions[key] = create_session(graph.SerializeToString(), config)
+            # The session holds its own copy of the weights; the proto (≈0.2 GB for VGG19's loss graph) goes.
+            del graph
+            release_memory()
+        return self._sessions[key]
+
+    def _close(self, kind: GraphKind) -> None:
+        for key in [key for key in self._sessions if key[0] == kind]:
+            del self._sessions[key]
+        self._graphs.pop(kind, None)
+        release_memory()
 
     def extract(self, image: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        names = [output.name for output in self.features_session.get_outputs()]
-        values = self.features_session.run(None, {IMAGE_INPUT: image.detach().cpu().numpy()})
+        session = self._session("features", *image.shape[2:])
+        names = [output.name for output in session.get_outputs()]
+        values = session.run(None, {IMAGE_INPUT: image.detach().cpu().numpy()})
         outputs = {name: torch.from_numpy(value).to(self._device) for name, value in zip(names, values, strict=True)}
         content = {layer: outputs[layer] for layer in self.spec.content_layers}
         grams = {layer: outputs[f"gram.{layer}"] for layer in self.spec.style_layers}
@@ -99,63 +169,72 @@ class OnnxRuntimeEngine(Engine):
     def set_targets(self, targets: Any) -> None:
         super().set_targets(targets)
         # Targets are built: the extractor's weights and buffers (≈0.2 GB for VGG19) are freed until needed again.
-        self._features_session = None
-        release_memory()
+        self._close("features")
         feeds: dict[str, Any] = {content_input(layer): value for layer, value in targets.content.items()}
         feeds.update({style_input(layer): value for layer, value in targets.style.items()})
         weights = targets.weights
         feeds["content_weights"] = torch.tensor(weights.content, dtype=torch.float32)
         feeds["style_weights"] = torch.tensor(weights.style, dtype=torch.float32)
         feeds["tv_weight"] = torch.tensor([weights.tv], dtype=torch.float32)
-        if self.on_gpu:
+        self._bound.clear()
+        if self.io_binding:
             self._feeds = {name: value.to(self._device).contiguous() for name, value in feeds.items()}
         else:
             self._feeds = {name: value.detach().cpu().numpy() for name, value in feeds.items()}
 
     def loss_and_grad(self, image: torch.Tensor) -> tuple[LossTerms, torch.Tensor]:
         assert self.targets is not None, "set_targets() first"
-        if self.on_gpu:
-            return self._run_bound(image)
+        height, width = image.shape[2:]
+        session = self._session("loss", height, width)
+        if self.io_binding:
+            return self._run_bound(session, image)
         feeds = dict(self._feeds)
         feeds[IMAGE_INPUT] = image.detach().cpu().numpy()
-        loss, content, style, tv, grad = self.loss_session.run(None, feeds)
+        loss, content, style, tv, grad = session.run(None, feeds)
         return _terms(loss, content, style, tv), torch.from_numpy(grad)
 
-    def _run_bound(self, image: torch.Tensor) -> tuple[LossTerms, torch.Tensor]:
-        """IOBinding: inputs and the gradient bound by device pointer; only the scalars come back."""
-        binding = self.loss_session.io_binding()
-        pixels = image.detach().to(self._device).contiguous()
-        grad = torch.empty_like(pixels)
-        for name, tensor in {IMAGE_INPUT: pixels, **self._feeds}.items():
-            binding.bind_input(name, "cuda", self.config.device_id, np.float32, tuple(tensor.shape), tensor.data_ptr())
-        binding.bind_output("grad", "cuda", self.config.device_id, np.float32, tuple(grad.shape), grad.data_ptr())
-        for name in ("loss", "content_losses", "style_losses", "tv_loss"):
-            binding.bind_output(name, "cpu")
-        self.loss_session.run_with_iobinding(binding)
-        loss, content, style, tv = (value.numpy() for value in binding.get_outputs()[1:5])
-        return _terms(loss, content, style, tv), grad
+    def _bind(self, session: Any, height: int, width: int) -> BoundRun:
+        """Device buffers for every input and output of the loss graph at one size, bound once."""
+        binding = session.io_binding()
+        device_type, device_id = self._device.type, self.config.device_id
+        image = torch.zeros(1, 3, height, width, device=self._device)
+        grad = torch.empty_like(image)
+        scalars = {
+            output.name: torch.zeros(tuple(output.shape), device=self._device) for output in session.get_outputs() if output.name != "grad"
+        }
+        for name, tensor in {IMAGE_INPUT: image, **self._feeds}.items():
+            binding.bind_input(name, device_type, device_id, np.float32, tuple(tensor.shape), tensor.data_ptr())
+        for name, tensor in {**scalars, "grad": grad}.items():
+            binding.bind_output(name, device_type, device_id, np.float32, tuple(tensor.shape), tensor.data_ptr())
+        return BoundRun(binding, image, grad, scalars)
 
-    def _tile_sessions(self, strides: dict[str, int]) -> tuple[Any, Any]:
-        """The tile statistics and tile gradient sessions, opened on first use (see tiling.py)."""
-        if self._tile_sessions_cache is None:
-            spec = self.spec
-            model = build_backbone(spec.backbone, spec.layers, pooling=spec.pooling, resolved=spec.weights)
-            layers = {"content_layers": spec.content_layers, "style_layers": spec.style_layers, "strides": strides}
-            statistics = build_tile_statistics_model(model, spec.weights.preprocessing, **layers)
-            gradient = build_tile_gradient_model(model, spec.weights.preprocessing, **layers)
-            del model
-            self._tile_sessions_cache = (
-                create_session(statistics.SerializeToString(), replace(self.config, memory_arena=False)),
-                create_session(gradient.SerializeToString(), self.config),
-            )
-            del statistics, gradient
-            release_memory()
-        return self._tile_sessions_cache
+    def _run_bound(self, session: Any, image: torch.Tensor) -> tuple[LossTerms, torch.Tensor]:
+        """IOBinding: the image is copied device-to-device into its bound buffer; only the loss scalars come back."""
+        height, width = image.shape[2:]
+        if (height, width) not in self._bound:
+            self._bound[(height, width)] = self._bind(session, height, width)
+        bound = self._bound[(height, width)]
+        bound.image.copy_(image.detach())
+        if self._device.type == "cuda":
+            # ORT runs on its own CUDA stream: the copy on torch's stream must have landed before it reads the buffer.
+            torch.cuda.synchronize(self._device)
+        session.run_with_iobinding(bound.binding)
+        # One device-to-host copy for all the loss scalars.
+        values = torch.cat([tensor.reshape(-1) for tensor in bound.scalars.values()]).cpu().numpy()
+        parts = dict(zip(bound.scalars, np.split(values, np.cumsum([t.numel() for t in bound.scalars.values()])[:-1]), strict=True))
+        terms = _terms(parts["loss"], parts["content_losses"], parts["style_losses"], parts["tv_loss"])
+        # The bound buffer is overwritten by the next run; the optimiser may keep this one (L-BFGS history).
+        return terms, bound.grad.clone()
+
+    def _tile_session(self, kind: GraphKind, tile: torch.Tensor, strides: dict[str, int]) -> Any:
+        """The tile statistics or tile gradient session (see tiling.py), opened on first use per tile size."""
+        self._strides = strides
+        return self._session(kind, *tile.shape[2:])
 
     def tile_statistics(
         self, tile: torch.Tensor, core: torch.Tensor, strides: dict[str, int]
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        session, _ = self._tile_sessions(strides)
+        session = self._tile_session("tile_statistics", tile, strides)
         names = [output.name for output in session.get_outputs()]
         values = session.run(None, {IMAGE_INPUT: tile.detach().cpu().numpy(), CORE_INPUT: core.cpu().numpy()})
         outputs = {name: torch.from_numpy(value).to(self._device) for name, value in zip(names, values, strict=True)}
@@ -171,7 +250,7 @@ class OnnxRuntimeEngine(Engine):
         content_targets: dict[str, torch.Tensor],
         content_scales: dict[str, float],
     ) -> tuple[dict[str, float], torch.Tensor]:
-        _, session = self._tile_sessions(strides)
+        session = self._tile_session("tile_gradient", tile, strides)
         feeds: dict[str, Any] = {IMAGE_INPUT: tile.detach().cpu().numpy(), CORE_INPUT: core.cpu().numpy()}
         feeds.update({f"direction.{layer}": value.detach().cpu().numpy() for layer, value in style_directions.items()})
         feeds.update({content_input(layer): value.detach().cpu().numpy() for layer, value in content_targets.items()})
@@ -180,16 +259,19 @@ class OnnxRuntimeEngine(Engine):
         return dict(zip(self.spec.content_layers, (float(part) for part in parts), strict=True)), torch.from_numpy(grad).to(self._device)
 
     def describe(self) -> dict[str, object]:
+        sessions = list(self._sessions.values())
         return {
             "engine": "onnxruntime",
             "package": ort_package(),
             "provider_requested": self.config.provider,
-            "provider_effective": self.loss_session.get_providers()[0],
+            "provider_effective": sessions[0].get_providers()[0] if sessions else None,
             "provider_options": self.config.options(),
             "threads": self.config.threads,
-            "io_binding": self.on_gpu,
+            "io_binding": self.io_binding,
+            "static_shapes": self.static_shapes,
+            "cuda_graph": self.config.cuda_graph,
         }
 
 
 def _terms(loss: np.ndarray, content: np.ndarray, style: np.ndarray, tv: np.ndarray) -> LossTerms:
-    return LossTerms(float(loss), [float(v) for v in content], [float(v) for v in style], float(np.asarray(tv).reshape(-1)[0]))
+    return LossTerms(float(np.asarray(loss).reshape(-1)[0]), [float(v) for v in content], [float(v) for v in style], float(np.asarray(tv).reshape(-1)[0]))

@@ -21,7 +21,7 @@ import torch
 from onnx import TensorProto, helper
 
 from onnxstyle import __version__
-from onnxstyle.backbones import Backbone, Pooling, get_backbone, parse_layers
+from onnxstyle.backbones import Backbone, BackboneSpec, Pooling, get_backbone, parse_layers
 from onnxstyle.errors import ExportValidationError, OutputError, UsageError
 from onnxstyle.exporters.graph import (
     DEFAULT_OPSET,
@@ -46,7 +46,7 @@ VALIDATION_SIZES: tuple[tuple[int, int], ...] = ((64, 64), (97, 130), (256, 192)
 LOSS_OUTPUTS = ("loss", "content_losses", "style_losses", "tv_loss", "grad")
 ALLOWED_OPS = frozenset(
     "Add Cast Concat Conv ConstantOfShape DepthToSpace Div Equal Gather Greater MatMul MaxPool AveragePool "
-    "Mul Not Or And Pad ReduceSum Relu Reshape Resize Shape Size Slice Sub Sum Transpose Where".split()
+    "Mul Not Or And Pad ReduceProd ReduceSum Relu Reshape Resize Shape Slice Sub Sum Transpose Where".split()
 )
 
 
@@ -62,6 +62,30 @@ def content_input(layer: str) -> str:
 
 def style_input(layer: str) -> str:
     return f"style_gram.{layer}"
+
+
+def dimension_values(backbone: BackboneSpec, content_layers: Sequence[str], height: int, width: int) -> dict[str, int]:
+    """Every symbolic dimension our graphs use, for an input image of ``height``×``width``."""
+    values = {HEIGHT: height, WIDTH: width}
+    for layer in content_layers:
+        shape = backbone.feature_shape(layer, height, width)
+        if shape is None:
+            raise UsageError(f"{width}x{height} is too small for {layer} of {backbone.name}")
+        values[f"{layer}_h"], values[f"{layer}_w"] = shape[1], shape[2]
+    return values
+
+
+def fix_dimensions(graph: onnx.ModelProto, values: dict[str, int]) -> onnx.ModelProto:
+    """A copy of ``graph`` with its symbolic input/output dimensions set, so ORT folds all shape arithmetic."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(graph)
+    for value in [*fixed.graph.input, *fixed.graph.output]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param in values:
+                size = values[dim.dim_param]
+                dim.Clear()
+                dim.dim_value = size
+    return fixed
 
 
 def build_features_model(
@@ -113,7 +137,7 @@ def build_loss_model(
         target = content_input(layer)
         inputs.append(helper.make_tensor_value_info(target, TensorProto.FLOAT, [1, channels[layer], f"{layer}_h", f"{layer}_w"]))
         weight = b.op("Gather", ["content_weights", b.ints(index)], "content_weight")
-        count = b.op("Cast", [b.op("Size", [tensors[layer]])], to=TensorProto.FLOAT)
+        count = b.element_count(tensors[layer])
         scale = b.op("Div", [weight, count])
         diff = b.op("Sub", [tensors[layer], target], "content_diff")
         content_terms.append(b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [diff, diff])], keepdims=0), scale]))

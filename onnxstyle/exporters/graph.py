@@ -77,6 +77,16 @@ class GraphBuilder:
     def scalar(self, value: float) -> str:
         return self.const(np.array(value, dtype=np.float32), "scalar")
 
+    def element_count(self, tensor: str, hint: str = "numel") -> str:
+        """The element count of ``tensor`` as a float scalar.
+
+        ReduceProd(Shape) rather than Size: with the input shapes fixed (GPU sessions) ORT folds it to a
+        constant, whereas a Size node stays and is placed on the CPU EP, which a session without CPU
+        fallback refuses and a CUDA graph cannot capture.
+        """
+        count = self.op("ReduceProd", [self.op("Shape", [tensor])], keepdims=0)
+        return self.op("Cast", [count], hint, to=TensorProto.FLOAT)
+
     def model(
         self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], opset: int, doc: str
     ) -> onnx.ModelProto:
@@ -166,7 +176,7 @@ class NetworkGraph:
         """(Gram matrix F·Fᵀ/N, the (C, HW) matrix F, N as a float scalar)."""
         b = self.b
         matrix = b.op("Reshape", [features, b.ints(channels, -1)], "flat")
-        count = b.op("Cast", [b.op("Size", [features])], "numel", to=TensorProto.FLOAT)
+        count = b.element_count(features)
         product = b.op("MatMul", [matrix, b.op("Transpose", [matrix], perm=[1, 0])])
         return b.op("Div", [product, count], "gram"), matrix, count
 
