@@ -85,6 +85,7 @@ def export(
     style_layers: Annotated[Optional[str], typer.Option(help="Style layers of the loss graph.")] = None,
     pooling: Annotated[str, typer.Option(help="max or avg.")] = "max",
     opset: Annotated[int, typer.Option(help="ONNX opset (13..17).")] = 17,
+    precision: Annotated[str, typer.Option(help="fp32, or fp16: network and adjoint in fp16, Grams and losses fp32 (validated to 1e-2).")] = "fp32",
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Features model path (default: models/…).")] = None,
 ) -> None:
     """Export the feature extractor and the loss+gradient graph to ONNX, validated against torch."""
@@ -93,7 +94,7 @@ def export(
     with err.status("exporting and validating against torch…"):
         result = export_backbone(
             backbone=backbone, weights=weights, layers=layers, content_layers=content_layers,
-            style_layers=style_layers, pooling=pooling, opset=opset, output=output,  # type: ignore[arg-type]
+            style_layers=style_layers, pooling=pooling, opset=opset, precision=precision, output=output,  # type: ignore[arg-type]
         )
     meta = result.metadata
     validation = meta["validation"]

@@ -21,6 +21,10 @@ PRECISIONS = ("fp32", "bf16", "fp16", "tf32")
 # 1% of fp32's loss. A wrong gradient (sign, scale, layer) lands at 1 or more.
 GRADIENT_TOLERANCES = {"fp32": 5e-2, "tf32": 5e-2, "bf16": 0.4, "fp16": 0.1}
 
+# fp16 keeps 5 exponent bits: image gradients of order 1e-8 would flush to zero without a loss scale
+# (static; an overflow is detected and reported by the engines, never left as NaN).
+FP16_LOSS_SCALE = 1024.0
+
 
 def cpu_has_bf16() -> bool:
     """AVX-512-BF16 or AMX: the instructions that make CPU bf16 faster than fp32 rather than slower."""
@@ -40,13 +44,13 @@ def supported(engine: str, device: str) -> tuple[tuple[str, ...], str]:
     """(precisions this engine runs on this device, why the others are not offered)."""
     if engine == "onnxruntime":
         if device == "tensorrt":
-            return ("fp32", "fp16"), "TensorRT builds fp16 engines from the fp32 graph; bf16/tf32 are not offered through ORT's options"
+            return ("fp32", "fp16"), "TensorRT builds fp16 engines from the fp32 graph; ORT does not expose its bf16/tf32 switches"
         if device == "cuda":
-            return ("fp32", "tf32"), "fp16/bf16 need a reduced-precision graph the CUDA EP would run; use tensorrt for fp16"
+            return ("fp32", "tf32", "fp16"), "bf16 gradient graphs need ONNX opset 22 Conv, which ORT's CUDA EP does not run in bf16"
         if device == "cpu":
-            return ("fp32",), (
-                "ONNX Runtime's CPU provider has no bf16 Conv kernels (ONNX Conv admits bf16 only from opset 22) and "
-                "its fp16 convolutions are slower than fp32 on CPUs without AVX512-FP16; --engine torch runs bf16"
+            return ("fp32", "fp16"), (
+                "ONNX Runtime's CPU provider has no bf16 Conv kernels (ONNX Conv admits bf16 only from opset 22); "
+                "--engine torch runs bf16"
             )
         return ("fp32",), f"only fp32 is wired up for the {device} provider"
     if device.startswith("cuda"):

@@ -28,7 +28,7 @@ def test_version_and_env():
         (["stylize", "--demo", "--provider", "cuda"], 8, "not usable here"),
         (["stylize", "--demo", "--weights", "vgg19"], 6, "vgg19-dcbb9e9d.pth"),
         (["export", "vgg", "--opset", "21"], 2, "out of range"),
-        (["stylize", "--demo", "--precision", "bf16"], 2, "onnxruntime on cpu cannot run bf16: supported fp32"),
+        (["stylize", "--demo", "--precision", "bf16"], 2, "onnxruntime on cpu cannot run bf16: supported fp32, fp16 (ONNX Runtime's CPU provider has no bf16 Conv"),
         (["stylize", "--demo", "--engine", "torch", "--precision", "tf32"], 2, "cannot run tf32"),
         (["bench", "--provider", "cpu", "--precision", "bf16", "--sizes", "64"], 2, "runners that can: eager-cpu, torch-cpu"),
         (["stylize", "--demo", "--tile", "100"], 2, "use --tile 160 or more"),

@@ -103,9 +103,25 @@ def test_export_writes_models_and_sidecar(tmp_path):
     assert [output.name for output in loss.graph.output] == ["loss", "content_losses", "style_losses", "tv_loss", "grad"]
 
 
+def test_fp16_export_is_a_valid_reduced_precision_graph(tmp_path):
+    result = export_backbone(backbone="nin", weights="synthetic", precision="fp16", models_dir=tmp_path, validation_sizes=[(64, 64)])
+    meta = json.loads(result.metadata_path.read_text())
+    assert meta["precision"] == "fp16" and result.loss_path.name.endswith("-fp16.loss.onnx")
+    assert meta["validation"]["gradient_tolerance"] == 1e-2
+    assert all(record["error"] <= 1e-2 for record in meta["validation"]["records"])
+    loss = onnx.load(result.loss_path)
+    conv_weights = {node.input[1] for node in loss.graph.node if node.op_type == "Conv" and not node.name.startswith("tv_")}  # TV stays fp32
+    assert {init.data_type for init in loss.graph.initializer if init.name in conv_weights} == {onnx.TensorProto.FLOAT16}
+    # the interface stays fp32: callers feed and read the same tensors as with the fp32 graph
+    assert {value.type.tensor_type.elem_type for value in [*loss.graph.input, *loss.graph.output]} == {onnx.TensorProto.FLOAT}
+    assert operator_types(loss) <= ALLOWED_OPS
+
+
 def test_export_bad_input(tmp_path):
     with pytest.raises(UsageError, match="opset 19 is out of range"):
         export_backbone(backbone="vgg", weights="synthetic", opset=19, models_dir=tmp_path)
+    with pytest.raises(UsageError, match="not bf16"):
+        export_backbone(backbone="nin", weights="synthetic", precision="bf16", models_dir=tmp_path)
     with pytest.raises(UsageError, match="unknown layer"):
         export_backbone(backbone="vgg", weights="synthetic", layers="relu12", models_dir=tmp_path)
     with pytest.raises(OutputError):

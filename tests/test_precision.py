@@ -14,7 +14,7 @@ needs_bf16 = pytest.mark.skipif(not precision.cpu_has_bf16(), reason="this CPU h
 
 
 def test_support_matrix_and_one_line_refusals(monkeypatch):
-    assert precision.supported("onnxruntime", "cpu")[0] == ("fp32",)
+    assert precision.supported("onnxruntime", "cpu")[0] == ("fp32", "fp16")
     assert "tf32" in precision.supported("torch", "cuda")[0]
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
     allowed, why = precision.supported("torch", "cpu")
@@ -32,8 +32,8 @@ def test_bench_precision_parsing_and_selection():
     assert parse_precisions("fp32, BF16,fp32") == ["fp32", "bf16"]
     with pytest.raises(UsageError, match="unknown precision 'int8'"):
         parse_precisions("int8")
-    with pytest.raises(UsageError, match="no selected runner can run fp16"):
-        check_precisions([Runner("onnxruntime", "cpu"), Runner("torch", "cpu")], ["fp16"])
+    with pytest.raises(UsageError, match="no selected runner can run tf32"):
+        check_precisions([Runner("onnxruntime", "cpu"), Runner("torch", "cpu")], ["tf32"])
     check_precisions([Runner("onnxruntime", "cpu")], ["fp32"])
 
 
@@ -42,7 +42,7 @@ def test_unsupported_precision_cells_are_skipped_with_the_reason(monkeypatch):
     options = BenchOptions([Runner("onnxruntime", "cpu")], [get_backbone("nin")], [(64, 64)], ["fp32", "tf32"], weights="synthetic", check=False, iterations=1, runs=1, warmup=0)
     fp32, tf32 = run_bench(options)[0]
     assert fp32.status == "ok" and fp32.precision == "fp32"
-    assert tf32.status == "skipped" and tf32.reason == "tf32 not supported (fp32 only)"
+    assert tf32.status == "skipped" and tf32.reason == "tf32 not supported (fp32/fp16 only)"
 
 
 @needs_bf16
@@ -69,3 +69,29 @@ def test_bf16_engine_keeps_grams_and_losses_in_fp32():
     engine.set_targets(engine.build_targets(torch.rand(1, 3, 96, 96), [image], [1.0], LossWeights((1.0,), (1.0,) * 4, 1e-3)))
     terms, grad = engine.loss_and_grad(image)
     assert grad.dtype == torch.float32 and torch.isfinite(grad).all() and terms.total > 0
+
+
+def test_ort_fp16_graph_gradient_is_checked_against_fp32():
+    """The reduced-precision ORT graph (network and adjoint fp16, Grams and losses fp32) on the CPU EP.
+
+    Where the CPU EP lacks an fp16 kernel ORT runs that node in fp32 behind Casts, so the error here
+    is a lower bound of what a GPU shows; the check is that the converted graph is the same gradient."""
+    nin = get_backbone("nin")
+    result = check_gradient(Runner("onnxruntime", "cpu"), engine_spec(nin, resolve("synthetic", nin)), threads=2, precision="fp16")
+    assert result["ok"], result
+    assert 1e-6 < result["grad_error"] < precision.GRADIENT_TOLERANCES["fp16"]
+
+
+def test_ort_fp16_overflow_is_one_clear_error_not_nan():
+    from onnxstyle.errors import NumericalError
+    from onnxstyle.losses import LossWeights
+
+    nin = get_backbone("nin")
+    engine = create_engine("onnxruntime", engine_spec(nin, resolve("synthetic", nin)), provider="cpu", threads=2, precision="fp16")
+    assert engine.describe()["graph_precision"] == "fp16"
+    image = torch.rand(1, 3, 96, 96)
+    engine.set_targets(engine.build_targets(image, [image], [1.0], LossWeights((1.0,), (1.0,) * 4, 1e-3)))
+    terms, grad = engine.loss_and_grad(image)
+    assert torch.isfinite(grad).all()
+    with pytest.raises(NumericalError, match="fp16 loss or gradient overflowed on cpu"):
+        engine.loss_and_grad(image * 1e5)  # activations beyond fp16's 65504

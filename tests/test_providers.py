@@ -37,11 +37,11 @@ def test_precisions_per_ort_provider_name_what_they_can_do():
     from onnxstyle.precision import require, supported
 
     assert supported("onnxruntime", "tensorrt")[0] == ("fp32", "fp16")
-    assert supported("onnxruntime", "cuda")[0] == ("fp32", "tf32")
-    with pytest.raises(UsageError, match=r"cannot run bf16: supported fp32 \(ONNX Runtime's CPU provider has no bf16 Conv"):
+    assert supported("onnxruntime", "cuda")[0] == ("fp32", "tf32", "fp16")
+    with pytest.raises(UsageError, match=r"cannot run bf16: supported fp32, fp16 \(ONNX Runtime's CPU provider has no bf16 Conv"):
         require("onnxruntime", "cpu", "bf16")
-    with pytest.raises(UsageError, match="use tensorrt for fp16"):
-        require("onnxruntime", "cuda", "fp16")
+    with pytest.raises(UsageError, match="cannot run tf32: supported fp32, fp16"):
+        require("onnxruntime", "cpu", "tf32")
 
 
 def test_cuda_graph_requests_that_cannot_work_fail_in_one_line():

@@ -9,6 +9,7 @@ Providers other than CPU and TensorRT get one session per image size with the sh
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -30,7 +31,8 @@ from onnxstyle.exporters.export import (
 )
 from onnxstyle.exporters.graph import IMAGE_INPUT
 from onnxstyle.losses import LossTerms
-from onnxstyle.errors import UsageError
+from onnxstyle.precision import FP16_LOSS_SCALE
+from onnxstyle.errors import NumericalError, UsageError
 from onnxstyle.providers import (
     CUDA_GRAPH_PROVIDERS,
     DYNAMIC_SHAPE_PROVIDERS,
@@ -120,18 +122,35 @@ class OnnxRuntimeEngine(Engine):
     def device(self) -> torch.device:
         return self._device
 
+    @property
+    def graph_precision(self) -> str:
+        """fp16 graphs for ``--precision fp16``, except on TensorRT, which builds fp16 engines from the fp32 graph."""
+        fp16_graph = self.config.precision == "fp16" and self.config.provider != "TensorrtExecutionProvider"
+        return "fp16" if fp16_graph else "fp32"
+
     def _build(self, kind: GraphKind) -> onnx.ModelProto:
         spec = self.spec
         model = build_backbone(spec.backbone, spec.layers, pooling=spec.pooling, resolved=spec.weights)
+        preprocessing, precision = spec.weights.preprocessing, self.graph_precision
         layers = {"content_layers": spec.content_layers, "style_layers": spec.style_layers}
         if kind == "loss":
-            return build_loss_model(model, spec.weights.preprocessing, **layers)
+            return build_loss_model(model, preprocessing, **layers, precision=precision)
         if kind == "features":
             model.outputs = list(spec.content_layers)
-            return build_features_model(model, spec.weights.preprocessing, grams=spec.style_layers)
+            return build_features_model(model, preprocessing, grams=spec.style_layers, precision=precision)
         if kind == "tile_statistics":
-            return build_tile_statistics_model(model, spec.weights.preprocessing, **layers, strides=self._strides)
-        return build_tile_gradient_model(model, spec.weights.preprocessing, **layers, strides=self._strides)
+            return build_tile_statistics_model(model, preprocessing, **layers, strides=self._strides, precision=precision)
+        return build_tile_gradient_model(model, preprocessing, **layers, strides=self._strides, precision=precision)
+
+    def _checked(self, loss: float, grad: torch.Tensor) -> None:
+        """A reduced-precision graph that overflowed says so, instead of handing the optimiser NaN."""
+        if self.config.precision != "fp16":
+            return
+        if not math.isfinite(loss) or not bool(torch.isfinite(grad).all()):
+            raise NumericalError(
+                f"{self.config.precision} loss or gradient overflowed on {short_name(self.config.provider)} "
+                f"(loss {loss:g}, loss scale {FP16_LOSS_SCALE:g}); use fp32"
+            )
 
     def _session(self, kind: GraphKind, height: int, width: int) -> Any:
         """The session running graph ``kind``: one for all sizes, or one per input size where shapes are fixed."""
@@ -191,7 +210,9 @@ class OnnxRuntimeEngine(Engine):
         feeds = dict(self._feeds)
         feeds[IMAGE_INPUT] = image.detach().cpu().numpy()
         loss, content, style, tv, grad = session.run(None, feeds)
-        return _terms(loss, content, style, tv), torch.from_numpy(grad)
+        terms, gradient = _terms(loss, content, style, tv), torch.from_numpy(grad)
+        self._checked(terms.total, gradient)
+        return terms, gradient
 
     def _bind(self, session: Any, height: int, width: int) -> BoundRun:
         """Device buffers for every input and output of the loss graph at one size, bound once."""
@@ -223,6 +244,7 @@ class OnnxRuntimeEngine(Engine):
         values = torch.cat([tensor.reshape(-1) for tensor in bound.scalars.values()]).cpu().numpy()
         parts = dict(zip(bound.scalars, np.split(values, np.cumsum([t.numel() for t in bound.scalars.values()])[:-1]), strict=True))
         terms = _terms(parts["loss"], parts["content_losses"], parts["style_losses"], parts["tv_loss"])
+        self._checked(terms.total, bound.grad)
         # The bound buffer is overwritten by the next run; the optimiser may keep this one (L-BFGS history).
         return terms, bound.grad.clone()
 
@@ -256,7 +278,10 @@ class OnnxRuntimeEngine(Engine):
         feeds.update({content_input(layer): value.detach().cpu().numpy() for layer, value in content_targets.items()})
         feeds["content_scales"] = np.array([content_scales[layer] for layer in self.spec.content_layers], np.float32)
         parts, grad = session.run(None, feeds)
-        return dict(zip(self.spec.content_layers, (float(part) for part in parts), strict=True)), torch.from_numpy(grad).to(self._device)
+        content = dict(zip(self.spec.content_layers, (float(part) for part in parts), strict=True))
+        gradient = torch.from_numpy(grad)
+        self._checked(sum(content.values()), gradient)
+        return content, gradient.to(self._device)
 
     def describe(self) -> dict[str, object]:
         sessions = list(self._sessions.values())
@@ -268,6 +293,7 @@ class OnnxRuntimeEngine(Engine):
             "provider_options": self.config.options(),
             "threads": self.config.threads,
             "io_binding": self.io_binding,
+            "graph_precision": self.graph_precision,
             "static_shapes": self.static_shapes,
             "cuda_graph": self.config.cuda_graph,
         }

@@ -7,13 +7,10 @@ import torch
 from onnxstyle.engines.base import Engine, EngineSpec
 from onnxstyle.errors import NumericalError, ProviderError
 from onnxstyle.losses import LossTerms, gram_matrix, objective
-from onnxstyle.precision import autocast_dtype, require, set_tf32
+from onnxstyle.precision import FP16_LOSS_SCALE, autocast_dtype, require, set_tf32
 from onnxstyle.sysinfo import default_threads
 from onnxstyle.tiling import feature_mask
 from onnxstyle.weights import build_backbone
-
-# fp16 keeps 5 exponent bits: image gradients of order 1e-8 would flush to zero without a loss scale.
-FP16_LOSS_SCALE = 1024.0
 
 
 def torch_device(name: str) -> torch.device:

@@ -19,7 +19,7 @@ Adjoint forms, chosen so every execution provider runs them and the CPU EP can u
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +27,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxstyle.backbones import Backbone, LayerSpec, Pooling
+from onnxstyle.precision import FP16_LOSS_SCALE
 from onnxstyle.weights import Preprocessing
 
 DEFAULT_OPSET = 17
@@ -37,6 +38,8 @@ HEIGHT, WIDTH = "height", "width"
 POOL_CHOICE = "pool_choice."
 POOL_MASK = "pool_mask."
 RELU_CHOICE = "relu_choice."
+# Precisions a gradient graph can be built in (bf16: ONNX Conv takes it only from opset 22, and no ORT EP runs it there).
+GRAPH_PRECISIONS = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16}
 
 
 @dataclass
@@ -110,10 +113,40 @@ class LayerTensors:
     output: str
 
 
-class NetworkGraph:
-    """Forward pass of a truncated backbone plus, on demand, its adjoint."""
+class FeatureViews(Mapping[str, str]):
+    """Layer outputs as the loss reads them: fp32, through a Cast added only for layers actually read."""
 
-    def __init__(self, builder: GraphBuilder, model: Backbone, preprocessing: Preprocessing) -> None:
+    def __init__(self, network: NetworkGraph, outputs: dict[str, str]) -> None:
+        self.network, self.outputs, self.views = network, outputs, {}
+
+    def __getitem__(self, layer: str) -> str:
+        if layer not in self.views:
+            tensor = self.outputs[layer]
+            reduced = self.network.float_type != TensorProto.FLOAT
+            self.views[layer] = self.network.b.op("Cast", [tensor], f"{layer}_fp32", to=TensorProto.FLOAT) if reduced else tensor
+        return self.views[layer]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.outputs)
+
+    def __len__(self) -> int:
+        return len(self.outputs)
+
+
+class NetworkGraph:
+    """Forward pass of a truncated backbone plus, on demand, its adjoint.
+
+    ``precision="fp16"`` runs the network and its adjoint in fp16 (weights, activations, masks) while
+    everything the loss sums (features handed out, Grams, seeds, the image gradient) stays fp32: seeds
+    are multiplied by ``FP16_LOSS_SCALE`` before they enter fp16, so gradients of order 1e-8 survive.
+    """
+
+    def __init__(self, builder: GraphBuilder, model: Backbone, preprocessing: Preprocessing, precision: str = "fp32") -> None:
+        if precision not in GRAPH_PRECISIONS:
+            raise ValueError(f"graphs are built in {', '.join(GRAPH_PRECISIONS)}, not {precision}")
+        self.float_type = GRAPH_PRECISIONS[precision]
+        self.np_float = helper.tensor_dtype_to_np_dtype(self.float_type)
+        self.loss_scale = FP16_LOSS_SCALE if precision == "fp16" else 1.0
         self.b = builder
         self.model = model
         self.pooling: Pooling = model.pooling
@@ -130,13 +163,16 @@ class NetworkGraph:
         self.folded_relus: set[str] = set()
         self.positive: dict[str, str] = {}
 
-    def forward(self, image: str) -> dict[str, str]:
+    def forward(self, image: str) -> FeatureViews:
+        """The network on ``image``; returns each layer's output, in fp32, by layer name."""
         b = self.b
         channel_first = b.op("Gather", [image, b.ints(*self.preprocessing.permutation)], "to_model_order", axis=1)
         multiplier = b.const(np.array(self.preprocessing.multiplier, np.float32).reshape(1, 3, 1, 1), "pre_scale")
         offset = b.const(np.array(self.preprocessing.offset, np.float32).reshape(1, 3, 1, 1), "pre_offset")
         x = b.op("Add", [b.op("Mul", [channel_first, multiplier]), offset], "model_input")
         self.model_input = x
+        if self.float_type != TensorProto.FLOAT:
+            x = b.op("Cast", [x], "model_input_reduced", to=self.float_type)
         outputs: dict[str, str] = {}
         for layer in self.model.layer_specs:
             y = self._layer_forward(layer, x)
@@ -144,7 +180,13 @@ class NetworkGraph:
             self.producers[y] = self.tensors[-1]
             outputs[layer.name] = y
             x = y
-        return outputs
+        return FeatureViews(self, outputs)
+
+    def _scalar(self, value: float) -> str:
+        return self.b.const(np.array(value, dtype=self.np_float), "scalar")
+
+    def _weight(self, array: np.ndarray, hint: str) -> str:
+        return self.b.const(array.astype(self.np_float), hint)
 
     def _layer_forward(self, layer: LayerSpec, x: str) -> str:
         b = self.b
@@ -152,7 +194,7 @@ class NetworkGraph:
             weight, bias = self.weights[layer.name]
             return b.op(
                 "Conv",
-                [x, b.const(weight, f"{layer.name}_w"), b.const(bias, f"{layer.name}_b")],
+                [x, self._weight(weight, f"{layer.name}_w"), self._weight(bias, f"{layer.name}_b")],
                 layer.name,
                 kernel_shape=[layer.kernel, layer.kernel],
                 strides=[layer.stride, layer.stride],
@@ -181,17 +223,24 @@ class NetworkGraph:
         return b.op("Div", [product, count], "gram"), matrix, count
 
     def backward(self, seeds: dict[str, str]) -> str:
-        """Propagate per-layer output gradients (``seeds``) back to the model input."""
+        """Propagate per-layer output gradients (``seeds``, fp32) back to the model input (fp32)."""
         grad: str | None = None
         self.seeded = set(seeds)
+        reduced = self.float_type != TensorProto.FLOAT
         for tensors in reversed(self.tensors):
             seed = seeds.get(tensors.spec.name)
+            if seed is not None and reduced:
+                scaled = self.b.op("Mul", [seed, self.b.scalar(self.loss_scale)], "scaled_seed")
+                seed = self.b.op("Cast", [scaled], "reduced_seed", to=self.float_type)
             if seed is not None:
                 grad = seed if grad is None else self.b.op("Add", [grad, seed], "grad_sum")
             if grad is not None:
                 grad = self._layer_adjoint(tensors, grad)
         if grad is None:
             raise ValueError("no loss layer was given a gradient")
+        if reduced:
+            grad = self.b.op("Cast", [grad], "grad_fp32", to=TensorProto.FLOAT)
+            grad = self.b.op("Mul", [grad, self.b.scalar(1.0 / self.loss_scale)], "unscaled_grad")
         return grad
 
     def _layer_adjoint(self, tensors: LayerTensors, grad: str) -> str:
@@ -208,13 +257,13 @@ class NetworkGraph:
 
     def _masked(self, grad: str, mask: str, hint: str) -> str:
         """``grad`` where ``mask`` holds, else 0; Mul by a 0/1 tensor runs faster than Where on CPU."""
-        return self.b.op("Mul", [grad, self.b.op("Cast", [mask], "mask", to=TensorProto.FLOAT)], hint)
+        return self.b.op("Mul", [grad, self.b.op("Cast", [mask], "mask", to=self.float_type)], hint)
 
     def _relu_positive(self, tensors: LayerTensors) -> str:
         """``y > 0`` for a ReLU output, built once and exposed for validation."""
         name = tensors.spec.name
         if name not in self.positive:
-            self.positive[name] = self.b.op("Greater", [tensors.output, self.b.scalar(0.0)])
+            self.positive[name] = self.b.op("Greater", [tensors.output, self._scalar(0.0)])
             self.b.nodes.append(helper.make_node("Identity", [self.positive[name]], [f"{RELU_CHOICE}{name}"]))
         return self.positive[name]
 
@@ -226,7 +275,7 @@ class NetworkGraph:
             flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
             pad = k - 1 - p
             return b.op(
-                "Conv", [grad, b.const(flipped, f"{layer.name}_adj_w")], f"{layer.name}_adj",
+                "Conv", [grad, self._weight(flipped, f"{layer.name}_adj_w")], f"{layer.name}_adj",
                 kernel_shape=[k, k], pads=[pad] * 4,
             )
         taps = math.ceil(k / s)
@@ -240,7 +289,7 @@ class NetworkGraph:
                 start = (row_phase * s + col_phase) * in_channels
                 phases[start : start + in_channels] = sub.transpose(1, 0, 2, 3)
         phased = b.op(
-            "Conv", [grad, b.const(phases, f"{layer.name}_phase_w")], f"{layer.name}_phases",
+            "Conv", [grad, self._weight(phases, f"{layer.name}_phase_w")], f"{layer.name}_phases",
             kernel_shape=[taps, taps], pads=[taps - 1] * 4,
         )
         phased = b.op("Pad", [phased, b.ints(0, 0, 0, 0, 0, 0, 1, 1)])
@@ -269,7 +318,7 @@ class NetworkGraph:
         b = self.b
         missing = b.op("Sub", [b.op("Shape", [like]), b.op("Shape", [tensor])])
         pads = b.op("Concat", [b.ints(0, 0, 0, 0), missing], axis=0)
-        return b.op("Pad", [tensor, pads, b.scalar(value)], "padded")
+        return b.op("Pad", [tensor, pads, self._scalar(value)], "padded")
 
     def _tiling_pool_adjoint(self, layer: LayerSpec, tensors: LayerTensors, grad: str) -> str:
         """Adjoint of a pool whose windows tile the input (kernel == stride, floor mode)."""
@@ -277,7 +326,7 @@ class NetworkGraph:
         k = layer.kernel
         spread = self._pad_to(self._upsample(grad, k), tensors.input, 0.0)
         if self.pooling == "avg":
-            return b.op("Mul", [spread, b.scalar(1.0 / (k * k))], f"{layer.name}_adj")
+            return b.op("Mul", [spread, self._scalar(1.0 / (k * k))], f"{layer.name}_adj")
         reach = self._pad_to(self._upsample(tensors.output, k), tensors.input, math.nan)
         mask = b.op("Equal", [tensors.input, reach], "is_max")
         b.nodes.append(helper.make_node("Identity", [mask], [f"{POOL_MASK}{layer.name}"]))
@@ -318,7 +367,7 @@ class NetworkGraph:
     def _strided_views(self, x: str, pooled: str, k: int, s: int, pad_value: float) -> dict[tuple[int, int], str]:
         """x[row + s·i, col + s·j] for each window offset, sized like the pooled map."""
         b = self.b
-        padded = b.op("Pad", [x, b.ints(0, 0, 0, 0, 0, 0, k, k), b.scalar(pad_value)], "pool_in_padded")
+        padded = b.op("Pad", [x, b.ints(0, 0, 0, 0, 0, 0, k, k), self._scalar(pad_value)], "pool_in_padded")
         pooled_hw = b.op("Slice", [b.op("Shape", [pooled]), b.ints(2), b.ints(4)], "pooled_hw")
         span = b.op("Mul", [pooled_hw, b.ints(s)])
         views: dict[tuple[int, int], str] = {}
@@ -333,8 +382,8 @@ class NetworkGraph:
         self, tensors: LayerTensors, grad: str, k: int, s: int, offsets: list[tuple[int, int]]
     ) -> dict[tuple[int, int], str]:
         b = self.b
-        views = self._strided_views(tensors.input, tensors.output, k, s, pad_value=-3.0e38)
-        zero = b.scalar(0.0)
+        views = self._strided_views(tensors.input, tensors.output, k, s, pad_value=float(np.finfo(self.np_float).min))
+        zero = self._scalar(0.0)
         taken: str | None = None
         contributions: dict[tuple[int, int], str] = {}
         choices = self.pool_choices.setdefault(tensors.spec.name, [])
@@ -354,7 +403,7 @@ class NetworkGraph:
         """How many input pixels each pooling window covers (fewer at ceil-mode borders)."""
         b = self.b
         hw = b.op("Slice", [b.op("Shape", [x]), b.ints(2), b.ints(4)])
-        one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+        one = helper.make_tensor("one", self.float_type, [1], [1.0])
         ones = b.op("ConstantOfShape", [b.op("Concat", [b.ints(1, 1), hw], axis=0)], "ones", value=one)
         views = self._strided_views(ones, pooled, k, s, pad_value=0.0)
         return b.op("Sum", list(views.values()), "window_count")
