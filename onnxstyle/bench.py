@@ -475,8 +475,11 @@ def engine_spec(backbone: BackboneSpec, weights: ResolvedWeights) -> EngineSpec:
     return EngineSpec(backbone, tuple(backbone.default_content_layers), tuple(backbone.default_style_layers), "max", weights)
 
 
-def cell_tile(runner: Runner, spec: EngineSpec, width: int, height: int, tile: int | None, estimate: int, available: int) -> int | None:
-    """The tile core for a cell: as asked, or automatic when it would not fit untiled (the eager loop never tiles)."""
+def cell_tile(runner: Runner, spec: EngineSpec, width: int, height: int, tile: int | None, available: int) -> int | None:
+    """The tile core for a cell: as asked, or automatic when it would not fit untiled (the eager loop never tiles).
+
+    The automatic choice is ``stylize``'s (``tiling.choose_tile``), so both start tiling at the same size.
+    """
     from onnxstyle.tiling import check_tile, choose_tile
 
     if tile == 0 or runner.engine == "eager":
@@ -484,8 +487,6 @@ def cell_tile(runner: Runner, spec: EngineSpec, width: int, height: int, tile: i
     if tile is not None:
         check_tile(spec.backbone, spec.layers, tile)
         return tile
-    if estimate <= 0.9 * available:
-        return None
     return choose_tile(spec, runner.engine, height, width, available)
 
 
@@ -773,7 +774,7 @@ def run_bench(
             cell.estimate_bytes = estimate_bytes(runner, model, layers, width, height)
             available = free_bytes(runner)
             try:
-                cell.tile = cell_tile(runner, spec, width, height, options.tile, cell.estimate_bytes, available)
+                cell.tile = cell_tile(runner, spec, width, height, options.tile, available)
             except UsageError as error:
                 cell.status, cell.reason = "skipped", str(error)
                 _notify(on_cell, cell)

@@ -237,16 +237,22 @@ def speed_table(report: Report) -> Table:
 
 
 DETAIL_COLUMNS = (
-    "model", "runner", "prec.", "size", "it/min", "min–max", "×eager", "GFLOP/s", "roof",
+    "model", "runner", "prec.", "size", "it/min", "min–max", "µs/px", "×eager", "GFLOP/s", "roof",
     "RSS GB", "setup s", "1st it s", "overhead", "grad err",
 )
+
+
+def microseconds_per_pixel(cell: Cell) -> float:
+    """Time per pixel per iteration: what stays flat when only the image grows (tiling's target)."""
+    assert cell.stats is not None
+    return 60e6 / (cell.stats["median"] * cell.width * cell.height)
 
 
 def detail_rows(report: Report) -> list[list[str]]:
     rows = []
     for cell in report.cells:
         if cell.status != "ok" or cell.stats is None:
-            rows.append([cell.model, cell.runner, cell.precision, _cell_size(cell), rate_text(cell), *["–"] * 9])
+            rows.append([cell.model, cell.runner, cell.precision, _cell_size(cell), rate_text(cell), *["–"] * (len(DETAIL_COLUMNS) - 5)])
             continue
         ratio = speedup(report, cell)
         check = cell.check or {}
@@ -258,6 +264,7 @@ def detail_rows(report: Report) -> list[list[str]]:
             _cell_size(cell),
             f"{cell.stats['median']:,.1f}",
             f"{cell.stats['min']:,.1f}–{cell.stats['max']:,.1f}",
+            f"{microseconds_per_pixel(cell):.2f}",
             "–" if ratio is None else f"{ratio:.2f}×",
             "–" if cell.gflops is None else f"{cell.gflops:,.1f}",
             "–" if cell.roof_share is None else f"{100 * cell.roof_share:.0f}%",
@@ -363,7 +370,7 @@ def to_markdown(report: Report) -> str:
     lines += _markdown_table(list(DETAIL_COLUMNS), detail_rows(report))
     lines += [
         "",
-        "× eager: against the plain torch eager loop (PyTorch-tutorial shape) in fp32 on the same device in this run. "
+        "µs/px: median time per iteration divided by the pixel count. × eager: against the plain torch eager loop (PyTorch-tutorial shape) in fp32 on the same device in this run. "
         "GFLOP/s counts convolution and Gram arithmetic (forward + adjoint); % GEMM roof divides it by the fp32 "
         "matrix-multiply rate measured at the start of the run. Loop overhead: share of an iteration outside "
         "loss+gradient (optimiser step, copies, Python). Grad check: relative error of the gradient against torch "

@@ -72,20 +72,16 @@ def _luminance_transfer(stylised: Image.Image, content: Image.Image) -> Image.Im
 
 def _tile_for(spec: EngineSpec, engine: str, provider: str, height: int, width: int, tile: int | None) -> int | None:
     """``tile`` None: tile only when the untiled loop would not fit in free memory; 0: never; N: a core of N px."""
-    from onnxstyle.tiling import check_tile, choose_tile
+    from onnxstyle.bench import Runner, cell_tile, free_bytes
+    from onnxstyle.providers import canonical, short_name
 
-    if tile == 0:
-        return None
-    if tile is not None:
-        if tile < 0:
-            raise UsageError(f"--tile must be positive (or 0 for never), got {tile}")
-        check_tile(spec.backbone, spec.layers, tile)
-        return tile
-    from onnxstyle.bench import Runner, free_bytes
-
-    kind = "onnxruntime" if engine.lower() in ("ort", "onnxruntime") else engine.lower()
-    on_gpu = provider.lower().startswith("cuda") or provider.lower() in ("tensorrt", "trt")
-    return choose_tile(spec, kind, height, width, free_bytes(Runner("torch", "cuda" if on_gpu else "cpu")))
+    if tile is not None and tile < 0:
+        raise UsageError(f"--tile must be positive (or 0 for never), got {tile}")
+    if engine.lower() in ("ort", "onnxruntime"):
+        runner = Runner("onnxruntime", short_name(canonical(provider)))
+    else:
+        runner = Runner(engine.lower(), "cuda" if provider.lower().startswith("cuda") else "cpu")
+    return cell_tile(runner, spec, width, height, tile, free_bytes(runner))
 
 
 def stylize(

@@ -187,8 +187,9 @@ def test_cells_can_run_tiled_and_the_plain_loop_never_is(monkeypatch):
     assert ort_cell.status == "ok" and ort_cell.tile == 224 and ort_cell.engine["tiling"]["core"] == 224 and ort_cell.engine["tiling"]["exact"]
     assert eager_cell.status == "ok" and eager_cell.tile is None
     vgg = bench.engine_spec(get_backbone("vgg19"), resolve("synthetic", get_backbone("vgg19")))
-    assert bench.cell_tile(Runner("torch", "cpu"), vgg, 4096, 4096, None, 50 * 2**30, 20 * 2**30)  # automatic
-    assert bench.cell_tile(Runner("torch", "cpu"), vgg, 4096, 4096, 0, 50 * 2**30, 20 * 2**30) is None  # --tile 0: never
+    assert bench.cell_tile(Runner("torch", "cpu"), vgg, 4096, 4096, None, 20 * 2**30)  # automatic
+    assert bench.cell_tile(Runner("torch", "cpu"), vgg, 4096, 4096, 0, 20 * 2**30) is None  # --tile 0: never
+    assert bench.cell_tile(Runner("torch", "cpu"), vgg, 512, 512, None, 20 * 2**30) is None  # fits: untiled
 
 
 def test_ctrl_c_keeps_finished_cells(monkeypatch):
