@@ -212,3 +212,19 @@ def test_cpu_sessions_plan_no_memory_pattern_and_extractor_is_freed_after_target
 
 def _kinds(engine: object) -> set[str]:
     return {kind for kind, _, _ in engine._sessions}  # type: ignore[attr-defined]
+
+
+def test_which_sessions_get_fixed_shapes():
+    """CPU: one dynamic session per graph; CUDA and the rest: one per size; TensorRT: its profile for the loss graph."""
+    from onnxstyle.engines.onnxruntime_engine import OnnxRuntimeEngine
+    from onnxstyle.providers import DYNAMIC_SHAPE_PROVIDERS
+
+    def fixed(provider: str, kind: str) -> bool:
+        engine = OnnxRuntimeEngine.__new__(OnnxRuntimeEngine)
+        engine.config = ProviderConfig(provider)
+        engine.static_shapes = provider not in DYNAMIC_SHAPE_PROVIDERS
+        return engine._fixed_shapes(kind)
+
+    assert not fixed("CPUExecutionProvider", "loss") and not fixed("CPUExecutionProvider", "tile_gradient")
+    assert fixed("CUDAExecutionProvider", "loss") and fixed("CUDAExecutionProvider", "features")
+    assert not fixed("TensorrtExecutionProvider", "loss") and fixed("TensorrtExecutionProvider", "tile_statistics")

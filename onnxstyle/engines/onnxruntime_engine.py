@@ -113,7 +113,7 @@ class OnnxRuntimeEngine(Engine):
             torch.set_num_threads(1)
         # Opened now so that set-up time, not the first iteration, pays for it (per size where shapes are fixed),
         # and an unusable provider fails here, in one line.
-        for height, width in (sizes or []) if self.static_shapes else [(0, 0)]:
+        for height, width in (sizes or []) if self._fixed_shapes("loss") else [(0, 0)]:
             self._session("loss", height, width)
         if not self._sessions:
             create_session(probe_model(), config)
@@ -152,18 +152,24 @@ class OnnxRuntimeEngine(Engine):
                 f"(loss {loss:g}, loss scale {FP16_LOSS_SCALE:g}); use fp32"
             )
 
+    def _fixed_shapes(self, kind: GraphKind) -> bool:
+        """TensorRT's optimisation profile describes the loss graph's inputs; its other graphs get fixed shapes."""
+        return self.static_shapes or (self.config.provider == "TensorrtExecutionProvider" and kind != "loss")
+
     def _session(self, kind: GraphKind, height: int, width: int) -> Any:
         """The session running graph ``kind``: one for all sizes, or one per input size where shapes are fixed."""
-        key = (kind, height, width) if self.static_shapes else (kind, 0, 0)
+        fixed = self._fixed_shapes(kind)
+        key = (kind, height, width) if fixed else (kind, 0, 0)
         if key not in self._sessions:
-            if self.static_shapes:
+            if fixed:
                 # The dynamic graph is kept (host memory) to stamp out one fixed-shape copy per size.
                 if kind not in self._graphs:
                     self._graphs[kind] = self._build(kind)
                 graph = fix_dimensions(self._graphs[kind], dimension_values(self.spec.backbone, self.spec.content_layers, height, width))
             else:
                 graph = self._build(kind)
-            config = replace(self.config, memory_arena=False) if kind in ARENA_FREE_KINDS else self.config
+            arena = self.config.memory_arena and kind not in ARENA_FREE_KINDS
+            config = replace(self.config, memory_arena=arena, profile=None if fixed else self.config.profile)
             self._sessions[key] = create_session(graph.SerializeToString(), config)
             # The session holds its own copy of the weights; the proto (≈0.2 GB for VGG19's loss graph) goes.
             del graph
