@@ -44,7 +44,7 @@ def supported(engine: str, device: str) -> tuple[tuple[str, ...], str]:
     """(precisions this engine runs on this device, why the others are not offered)."""
     if engine == "onnxruntime":
         if device == "tensorrt":
-            return ("fp32", "fp16"), "TensorRT builds fp16 engines from the fp32 graph; ORT does not expose its bf16/tf32 switches"
+            return ("fp32", "fp16"), "bf16 gradient graphs need ONNX opset 22 Conv; ORT does not expose TensorRT's tf32 switch"
         if device == "cuda":
             return ("fp32", "tf32", "fp16"), "bf16 gradient graphs need ONNX opset 22 Conv, which ORT's CUDA EP does not run in bf16"
         if device == "cpu":

@@ -124,9 +124,12 @@ class OnnxRuntimeEngine(Engine):
 
     @property
     def graph_precision(self) -> str:
-        """fp16 graphs for ``--precision fp16``, except on TensorRT, which builds fp16 engines from the fp32 graph."""
-        fp16_graph = self.config.precision == "fp16" and self.config.provider != "TensorrtExecutionProvider"
-        return "fp16" if fp16_graph else "fp32"
+        """fp16 graphs for ``--precision fp16`` on every provider.
+
+        On TensorRT too: with ``trt_fp16_enable`` alone TensorRT may pick fp16 for any layer, including
+        Gram and loss sums that overflow it (REFERENCE §6); the fp16 graph types those fp32 explicitly.
+        """
+        return "fp16" if self.config.precision == "fp16" else "fp32"
 
     def _build(self, kind: GraphKind) -> onnx.ModelProto:
         spec = self.spec
