@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # the dependency range is already met and pip does not fetch the newest CUDA build (several GB).
 LOCAL_TORCH := $(lastword $(sort $(foreach dir,$(PIP_FIND_LINKS),$(wildcard $(dir)/torch-*+cpu-*.whl))))
 
-.PHONY: setup demo test stylize bench-reference export clean
+.PHONY: setup demo test stylize bench-reference bench-large export clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,14 @@ stylize: $(STAMP)
 bench-reference: $(STAMP)
 	$(BIN)/onnxstyle bench --name reference-cpu
 	$(BIN)/onnxstyle bench --model vgg --sizes 512,2048 --provider cpu,eager --iterations 1 --runs 3 --warmup 1 --name vgg19-512-2048-cpu
-	$(BIN)/onnxstyle bench --model vgg --sizes 128,256 --precision fp32,bf16 --name vgg19-precision-cpu
+	$(BIN)/onnxstyle bench --model vgg --sizes 128,256 --precision fp32,bf16,fp16 --name vgg19-precision-cpu
+
+# Tiled large images (issue: 8K): memory against image size and tile size, time per pixel (≈1.5 h on 2 cores).
+bench-large: $(STAMP)
+	$(BIN)/onnxstyle bench --model vgg --provider cpu --sizes 1024,2048,4096,7680x4320 --tile 512 --iterations 1 --runs 1 --warmup 0 --no-check --name vgg19-tiled-memory-cpu
+	$(BIN)/onnxstyle bench --model vgg --provider cpu --sizes 2048 --tile 256 --iterations 1 --runs 1 --warmup 0 --no-check --name vgg19-2048-tile256-cpu
+	$(BIN)/onnxstyle bench --model vgg --provider cpu --sizes 2048 --tile 1024 --iterations 1 --runs 1 --warmup 0 --no-check --name vgg19-2048-tile1024-cpu
+	$(BIN)/onnxstyle bench --model vgg --provider cpu --sizes 512,4096 --runs 3 --warmup 1 --no-check --name vgg19-tiled-speed-cpu
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
