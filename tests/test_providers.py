@@ -66,12 +66,10 @@ def test_fixed_shape_graphs_fold_every_shape_computation(name, tmp_path):
 
     from onnxstyle.engines.onnxruntime_engine import OnnxRuntimeEngine
     from onnxstyle.exporters.export import dimension_values, fix_dimensions, loss_feeds, random_targets, relative_error
-    from onnxstyle.tiling import layer_strides
 
     backbone = get_backbone(name)
     spec = EngineSpec(backbone, tuple(backbone.default_content_layers), tuple(backbone.default_style_layers), "max", resolve("synthetic", backbone))
     engine = OnnxRuntimeEngine(spec, ProviderConfig("CPUExecutionProvider", threads=2))
-    engine._strides = layer_strides(backbone, spec.layers)
     height, width = 97, 130
     for kind in ("loss", "features", "tile_statistics", "tile_gradient"):
         graph = engine._build(kind)

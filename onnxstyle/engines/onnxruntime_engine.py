@@ -44,6 +44,7 @@ from onnxstyle.providers import (
     short_name,
 )
 from onnxstyle.sysinfo import release_memory
+from onnxstyle.tiling import layer_strides
 from onnxstyle.weights import build_backbone
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -104,7 +105,8 @@ class OnnxRuntimeEngine(Engine):
         self._device = torch.device(f"cuda:{config.device_id}") if self.on_gpu else torch.device("cpu")
         self._sessions: dict[tuple[GraphKind, int, int], Any] = {}
         self._graphs: dict[GraphKind, onnx.ModelProto] = {}
-        self._strides: dict[str, int] = {}
+        # baked into the tile graphs; the same for every tile (TiledEngine passes them too, for engines that need them)
+        self._strides = layer_strides(spec.backbone, spec.layers)
         self._bound: dict[tuple[int, int], BoundRun] = {}
         self._feeds: dict[str, Any] = {}
         if not self.on_gpu:
@@ -257,15 +259,10 @@ class OnnxRuntimeEngine(Engine):
         # The bound buffer is overwritten by the next run; the optimiser may keep this one (L-BFGS history).
         return terms, bound.grad.clone()
 
-    def _tile_session(self, kind: GraphKind, tile: torch.Tensor, strides: dict[str, int]) -> Any:
-        """The tile statistics or tile gradient session (see tiling.py), opened on first use per tile size."""
-        self._strides = strides
-        return self._session(kind, *tile.shape[2:])
-
     def tile_statistics(
         self, tile: torch.Tensor, core: torch.Tensor, strides: dict[str, int]
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        session = self._tile_session("tile_statistics", tile, strides)
+        session = self._session("tile_statistics", *tile.shape[2:])
         names = [output.name for output in session.get_outputs()]
         values = session.run(None, {IMAGE_INPUT: tile.detach().cpu().numpy(), CORE_INPUT: core.cpu().numpy()})
         outputs = {name: torch.from_numpy(value).to(self._device) for name, value in zip(names, values, strict=True)}
@@ -281,7 +278,7 @@ class OnnxRuntimeEngine(Engine):
         content_targets: dict[str, torch.Tensor],
         content_scales: dict[str, float],
     ) -> tuple[dict[str, float], torch.Tensor]:
-        session = self._tile_session("tile_gradient", tile, strides)
+        session = self._session("tile_gradient", *tile.shape[2:])
         feeds: dict[str, Any] = {IMAGE_INPUT: tile.detach().cpu().numpy(), CORE_INPUT: core.cpu().numpy()}
         feeds.update({f"direction.{layer}": value.detach().cpu().numpy() for layer, value in style_directions.items()})
         feeds.update({content_input(layer): value.detach().cpu().numpy() for layer, value in content_targets.items()})
