@@ -136,7 +136,7 @@ def stylize(
     pooling: Annotated[str, typer.Option(help="max or avg.")] = "max",
     save_every: Annotated[int, typer.Option(help="Also save every N iterations (0: only at the end).")] = 0,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (pinned).")] = None,
-    precision: Annotated[str, typer.Option(help="fp32; bf16 (torch on CPUs with AVX-512-BF16/AMX, CUDA); fp16 (torch-cuda, tensorrt); tf32 (CUDA).")] = "fp32",
+    precision: Annotated[str, typer.Option(help="fp32; bf16 (torch on CPUs with AVX-512-BF16/AMX, CUDA); fp16 (onnxruntime, torch on CUDA); tf32 (CUDA).")] = "fp32",
     cuda_graph: Annotated[bool, typer.Option(help="ONNX Runtime on cuda/tensorrt: capture the loss+gradient run once per size and replay it.")] = False,
     tile: Annotated[Optional[int], typer.Option(help="Tile core edge in px for the exact tiled gradient; 0 never tiles. Default: tile only when the image would not fit in free memory.")] = None,
     scales: Annotated[Optional[str], typer.Option(help="Multi-resolution sizes, increasing (e.g. 512,1024,2048,4096,7680); each starts from the last result. Default above 1024 px: 512, doubling, up to --size.")] = None,

@@ -36,12 +36,12 @@ class TorchEngine(Engine):
         set_tf32(self._device, precision)
         self.model = build_backbone(spec.backbone, spec.layers, pooling=spec.pooling, resolved=spec.weights).to(self._device)
         self.model.requires_grad_(False)
-        self.autocast = autocast_dtype(precision)
-        if self.autocast is not None:
+        self.network_dtype = autocast_dtype(precision)  # the network's dtype; None: fp32
+        if self.network_dtype is not None:
             # oneDNN's and cuDNN's reduced-precision convolutions are fastest in NHWC (VGG19 bf16 on CPU, 256 px: 337 → 292 ms).
             # The weights are cast once here rather than by autocast on every forward pass (the same numbers:
             # autocast runs these convolutions on bf16/fp16 copies of them).
-            self.model.to(dtype=self.autocast, memory_format=torch.channels_last)
+            self.model.to(dtype=self.network_dtype, memory_format=torch.channels_last)
 
     @property
     def device(self) -> torch.device:
@@ -49,9 +49,9 @@ class TorchEngine(Engine):
 
     def features(self, model_input: torch.Tensor) -> dict[str, torch.Tensor]:
         """The network's feature maps, in reduced precision where asked, returned as fp32 for the losses."""
-        if self.autocast is None:
+        if self.network_dtype is None:
             return self.model(model_input)
-        features = self.model(model_input.to(dtype=self.autocast, memory_format=torch.channels_last))
+        features = self.model(model_input.to(dtype=self.network_dtype, memory_format=torch.channels_last))
         return {layer: value.float() for layer, value in features.items()}
 
     def extract(self, image: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -124,7 +124,7 @@ class TorchEngine(Engine):
             "engine": "torch",
             "device": str(self._device),
             "precision": self.precision,
-            "autocast": str(self.autocast).removeprefix("torch.") if self.autocast is not None else None,
+            "autocast": str(self.network_dtype).removeprefix("torch.") if self.network_dtype is not None else None,
             "losses_and_grams": "fp32",
             "threads": torch.get_num_threads(),
             "tf32": self.precision == "tf32" if self._device.type == "cuda" else None,

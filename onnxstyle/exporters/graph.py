@@ -122,8 +122,7 @@ class FeatureViews(Mapping[str, str]):
     def __getitem__(self, layer: str) -> str:
         if layer not in self.views:
             tensor = self.outputs[layer]
-            reduced = self.network.float_type != TensorProto.FLOAT
-            self.views[layer] = self.network.b.op("Cast", [tensor], f"{layer}_fp32", to=TensorProto.FLOAT) if reduced else tensor
+            self.views[layer] = self.network.b.op("Cast", [tensor], f"{layer}_fp32", to=TensorProto.FLOAT) if self.network.reduced else tensor
         return self.views[layer]
 
     def __iter__(self) -> Iterator[str]:
@@ -145,6 +144,7 @@ class NetworkGraph:
         if precision not in GRAPH_PRECISIONS:
             raise ValueError(f"graphs are built in {', '.join(GRAPH_PRECISIONS)}, not {precision}")
         self.float_type = GRAPH_PRECISIONS[precision]
+        self.reduced = precision != "fp32"
         self.np_float = helper.tensor_dtype_to_np_dtype(self.float_type)
         self.loss_scale = FP16_LOSS_SCALE if precision == "fp16" else 1.0
         self.b = builder
@@ -171,7 +171,7 @@ class NetworkGraph:
         offset = b.const(np.array(self.preprocessing.offset, np.float32).reshape(1, 3, 1, 1), "pre_offset")
         x = b.op("Add", [b.op("Mul", [channel_first, multiplier]), offset], "model_input")
         self.model_input = x
-        if self.float_type != TensorProto.FLOAT:
+        if self.reduced:
             x = b.op("Cast", [x], "model_input_reduced", to=self.float_type)
         outputs: dict[str, str] = {}
         for layer in self.model.layer_specs:
@@ -226,10 +226,9 @@ class NetworkGraph:
         """Propagate per-layer output gradients (``seeds``, fp32) back to the model input (fp32)."""
         grad: str | None = None
         self.seeded = set(seeds)
-        reduced = self.float_type != TensorProto.FLOAT
         for tensors in reversed(self.tensors):
             seed = seeds.get(tensors.spec.name)
-            if seed is not None and reduced:
+            if seed is not None and self.reduced:
                 scaled = self.b.op("Mul", [seed, self.b.scalar(self.loss_scale)], "scaled_seed")
                 seed = self.b.op("Cast", [scaled], "reduced_seed", to=self.float_type)
             if seed is not None:
@@ -238,7 +237,7 @@ class NetworkGraph:
                 grad = self._layer_adjoint(tensors, grad)
         if grad is None:
             raise ValueError("no loss layer was given a gradient")
-        if reduced:
+        if self.reduced:
             grad = self.b.op("Cast", [grad], "grad_fp32", to=TensorProto.FLOAT)
             grad = self.b.op("Mul", [grad, self.b.scalar(1.0 / self.loss_scale)], "unscaled_grad")
         return grad
