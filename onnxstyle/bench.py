@@ -431,6 +431,8 @@ def summarize(values: Sequence[float]) -> Stats:
 
 class Loop(Protocol):
     engine_seconds: float
+    torch_threads: int  # torch's thread count is process-wide: set to this before the loop runs
+
 
     def step(self) -> float: ...
 
@@ -445,6 +447,9 @@ class EngineLoop:
         self.pixels = start.detach().clone().to(engine.device).requires_grad_(True)
         self.optimizer = torch.optim.Adam([self.pixels], lr=learning_rate)
         self.engine_seconds = 0.0
+        # What the engine chose at set-up (1 beside ORT's CPU pool, else the cores): torch's thread count
+        # is process-wide, so an engine set up later would otherwise impose its choice on this loop.
+        self.torch_threads = torch.get_num_threads()
 
     def step(self) -> float:
         started = time.perf_counter()
@@ -568,6 +573,7 @@ class Window:
     iterations: int
     seconds: float
     engine_seconds: float
+    round: int = 0  # the pass over a size's runners that timed it: windows of one round share the machine's load
 
     @property
     def per_minute(self) -> float:
@@ -587,6 +593,7 @@ class Cell:
     reason: str = ""
     tile: int | None = None  # core edge (px) when the cell ran tiled (exact gradient)
     cuda_graph: bool = False  # ORT captured and replayed a CUDA graph of the loss+gradient run
+    interleaved: bool = False  # its windows alternated with the other runners' of its size (see run_interleaved)
     engine: dict[str, Any] = field(default_factory=dict)
     weights: str = ""
     threads: int | None = None
@@ -633,6 +640,7 @@ class BenchOptions:
     skipped: dict[Runner, str] = field(default_factory=dict)
     tile: int | None = None  # None: tile only cells that would not fit; 0: never; N: always, cores of N px
     cuda_graph: bool = False  # for ORT runners on cuda/tensorrt (others run as usual)
+    interleave: bool = True  # time a size's runners in alternating windows where they fit in memory together
 
     def __post_init__(self) -> None:
         if self.iterations is not None and self.iterations <= 0:
@@ -665,6 +673,7 @@ class BenchOptions:
             "weights": self.weights,
             "check": self.check,
             "tile": "auto" if self.tile is None else self.tile,
+            "interleave": self.interleave,
             "optimizer": f"adam lr={LEARNING_RATE}",
             "init": "content image",
         }
@@ -681,8 +690,20 @@ def window_plan(options: BenchOptions, seconds_per_iteration: float) -> int:
     return max(1, round(options.duration / options.runs / max(seconds_per_iteration, 1e-9)))
 
 
-def measure_cell(cell: Cell, loop_factory: Callable[[], Loop], options: BenchOptions, device: str, progress: CellCallback | None = None) -> Cell:
-    """Set up, time the first iteration, warm up, then time ``options.runs`` windows."""
+class CellRun:
+    """A cell set up and warmed up: its loop, its window length, and the windows timed so far."""
+
+    def __init__(self, cell: Cell, loop: Loop, count: int, device: str) -> None:
+        self.cell = cell
+        self.loop = loop
+        self.count = count
+        self.device = device
+        self.windows: list[Window] = []
+        self.loss = cell.first_loss if cell.first_loss is not None else math.nan
+
+
+def start_cell(cell: Cell, loop_factory: Callable[[], Loop], options: BenchOptions, device: str, progress: CellCallback | None = None) -> CellRun:
+    """Set up, time the first iteration apart, warm up, and size the windows from the last warm-up step."""
     say = progress or (lambda _cell, _text: None)
     say(cell, "setup")
     started = time.perf_counter()
@@ -695,6 +716,7 @@ def measure_cell(cell: Cell, loop_factory: Callable[[], Loop], options: BenchOpt
     _synchronize(device)
     cell.first_iteration_seconds = time.perf_counter() - started
     per_iteration = cell.first_iteration_seconds
+    torch.set_num_threads(loop.torch_threads)
     for index in range(options.warmup):
         say(cell, f"warm-up {index + 1}/{options.warmup}")
         started = time.perf_counter()
@@ -702,29 +724,136 @@ def measure_cell(cell: Cell, loop_factory: Callable[[], Loop], options: BenchOpt
         _synchronize(device)
         per_iteration = time.perf_counter() - started
     cell.warmup = options.warmup
-    count = window_plan(options, per_iteration)
-    windows: list[Window] = []
-    loss = cell.first_loss
-    for run in range(options.runs):
-        say(cell, f"window {run + 1}/{options.runs} ({count} it)")
-        engine_before = loop.engine_seconds
-        _synchronize(device)
-        window_start = time.perf_counter()
-        for _ in range(count):
-            tick = time.perf_counter()
-            loss = loop.step()
-            cell.iteration_seconds.append(time.perf_counter() - tick)
-        _synchronize(device)
-        windows.append(Window(count, time.perf_counter() - window_start, loop.engine_seconds - engine_before))
-    cell.final_loss = loss
-    if not math.isfinite(loss):
-        raise OnnxstyleError(f"loss became {loss} during the benchmark")
-    cell.windows = [asdict(window) for window in windows]
-    cell.stats = asdict(summarize([window.per_minute for window in windows]))
-    total = sum(window.seconds for window in windows)
-    cell.overhead = max(0.0, 1.0 - sum(window.engine_seconds for window in windows) / total)
+    return CellRun(cell, loop, window_plan(options, per_iteration), device)
+
+
+def time_window(run: CellRun, round_index: int, rounds: int, progress: CellCallback | None = None) -> None:
+    """One timed window of ``run.count`` iterations, closed by a device synchronisation."""
+    if progress:
+        progress(run.cell, f"window {round_index + 1}/{rounds} ({run.count} it)")
+    torch.set_num_threads(run.loop.torch_threads)
+    engine_before = run.loop.engine_seconds
+    _synchronize(run.device)
+    window_start = time.perf_counter()
+    for _ in range(run.count):
+        tick = time.perf_counter()
+        run.loss = run.loop.step()
+        run.cell.iteration_seconds.append(time.perf_counter() - tick)
+    _synchronize(run.device)
+    run.windows.append(Window(run.count, time.perf_counter() - window_start, run.loop.engine_seconds - engine_before, round_index))
+
+
+def finish_cell(run: CellRun) -> Cell:
+    """Median and spread over the windows, loop overhead, final loss (a non-finite loss fails the cell)."""
+    cell = run.cell
+    cell.final_loss = run.loss
+    if not math.isfinite(run.loss):
+        raise OnnxstyleError(f"loss became {run.loss} during the benchmark")
+    cell.windows = [asdict(window) for window in run.windows]
+    cell.stats = asdict(summarize([window.per_minute for window in run.windows]))
+    total = sum(window.seconds for window in run.windows)
+    cell.overhead = max(0.0, 1.0 - sum(window.engine_seconds for window in run.windows) / total)
     cell.status = "ok"
     return cell
+
+
+def measure_cell(cell: Cell, loop_factory: Callable[[], Loop], options: BenchOptions, device: str, progress: CellCallback | None = None) -> Cell:
+    """Set up, time the first iteration, warm up, then time ``options.runs`` windows back to back."""
+    run = start_cell(cell, loop_factory, options, device, progress)
+    for index in range(options.runs):
+        time_window(run, index, options.runs, progress)
+    return finish_cell(run)
+
+
+@dataclass
+class PendingCell:
+    """A cell that passed every skip rule: what builds its loop, and where it runs."""
+
+    cell: Cell
+    runner: Runner
+    loop_factory: Callable[[], Loop]
+
+
+CELL_ERRORS = (OnnxstyleError, RuntimeError, MemoryError)
+
+
+def _fail(cell: Cell, error: BaseException) -> None:
+    from onnxstyle.providers import first_line
+
+    cell.status, cell.reason = "failed", first_line(error)
+
+
+def _finish_figures(cell: Cell, runner: Runner, roofs: dict[str, GemmRate]) -> None:
+    assert cell.stats is not None and cell.gflop_per_iteration is not None
+    if runner.device == "cuda":
+        cell.device_peak_bytes = int(torch.cuda.max_memory_allocated())
+    cell.gflops = cell.gflop_per_iteration * cell.stats["median"] / 60.0
+    cell.roof_share = cell.gflops / roofs[runner.device].gflops
+
+
+def run_sequential(pending: PendingCell, options: BenchOptions, roofs: dict[str, GemmRate], progress: CellCallback | None) -> None:
+    """One cell alone: set-up, warm-up and every window, while nothing else is resident."""
+    cell, runner = pending.cell, pending.runner
+    if runner.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        with PeakMemory() as memory:
+            measure_cell(cell, pending.loop_factory, options, runner.device, progress)
+        cell.rss_before_bytes, cell.peak_rss_bytes = memory.before, memory.peak
+        _finish_figures(cell, runner, roofs)
+    except CELL_ERRORS as error:
+        _fail(cell, error)
+
+
+def run_interleaved(
+    group: list[PendingCell], options: BenchOptions, roofs: dict[str, GemmRate], progress: CellCallback | None
+) -> None:
+    """Every cell of one size set up and warmed up, then their windows taken in rounds (ABC, BCA, CAB, …).
+
+    On a shared machine the load drifts by tens of percent within a minute; a ratio between runners is
+    only worth quoting when both were timed under the same load, so each round times one window of
+    every runner, and the report pairs windows by round. Peak RSS per cell is the process's RSS before
+    the group plus that cell's own growth during its set-up and warm-up (the others stay resident).
+    GPU peak memory is the group's, as CUDA's allocator does not attribute it per cell.
+    """
+    baseline = PeakMemory().before
+    if any(pending.runner.device == "cuda" for pending in group):
+        torch.cuda.reset_peak_memory_stats()
+    runs: list[tuple[CellRun, Runner]] = []
+    for pending in group:
+        try:
+            with PeakMemory() as memory:
+                run = start_cell(pending.cell, pending.loop_factory, options, pending.runner.device, progress)
+            pending.cell.rss_before_bytes = baseline
+            pending.cell.peak_rss_bytes = baseline + memory.peak - memory.before
+            pending.cell.interleaved = True
+            runs.append((run, pending.runner))
+        except CELL_ERRORS as error:
+            _fail(pending.cell, error)
+    for round_index in range(options.runs):
+        if not runs:
+            break
+        shift = round_index % len(runs)
+        for run, runner in runs[shift:] + runs[:shift]:
+            try:
+                time_window(run, round_index, options.runs, progress)
+            except CELL_ERRORS as error:
+                _fail(run.cell, error)
+                runs.remove((run, runner))
+    for run, runner in runs:
+        try:
+            finish_cell(run)
+            _finish_figures(run.cell, runner, roofs)
+        except CELL_ERRORS as error:
+            _fail(run.cell, error)
+
+
+def interleavable(group: Sequence[PendingCell], options: BenchOptions) -> bool:
+    """Interleave only untiled cells that fit in half the free memory together: all of them stay resident."""
+    if not options.interleave or len(group) < 2 or any(pending.cell.tile for pending in group):
+        return False
+    needed = sum(pending.cell.estimate_bytes or 0 for pending in group)
+    return needed <= 0.5 * min(free_bytes(pending.runner) for pending in group)
 
 
 def run_bench(
@@ -740,86 +869,89 @@ def run_bench(
     interrupted = False
     resolved: dict[str, ResolvedWeights] = {}
     checks: dict[tuple[str, str, str], dict[str, Any]] = {}
-    # Runners of one model and size run back to back, so a ratio between them (×eager) is measured
-    # minutes apart at most, not across the whole run while the machine's load drifts.
-    plan = [
-        (runner, model, size, precision)
-        for model in options.models
-        for size in options.sizes
-        for precision in options.precisions
-        for runner in options.runners
-    ]
     for runner, reason in options.skipped.items():
         for model in options.models:
             for width, height in options.sizes:
                 for precision in options.precisions:
                     cells.append(Cell(runner.label, model.name, width, height, precision, status="skipped", reason=reason))
+
+    def prepare(runner: Runner, model: BackboneSpec, width: int, height: int, precision: str) -> PendingCell | None:
+        """The cell, unless a skip rule applies (then it is finished here); runs its gradient check once per runner."""
+        cell = Cell(runner.label, model.name, width, height, precision, threads=threads)
+        cells.append(cell)
+        if model.name not in resolved:
+            resolved[model.name] = resolve(options.weights, model)
+        spec = engine_spec(model, resolved[model.name])
+        cell.weights = resolved[model.name].label
+        layers = spec.layers
+        minimum = model.min_size(layers)
+        if min(width, height) < minimum:
+            cell.status, cell.reason = "skipped", f"smaller than {model.name}'s minimum {minimum}x{minimum}"
+            _notify(on_cell, cell)
+            return None
+        release_memory()
+        cell.estimate_bytes = estimate_bytes(runner, model, layers, width, height)
+        available = free_bytes(runner)
+        try:
+            cell.tile = cell_tile(runner, spec, width, height, options.tile, available)
+        except UsageError as error:
+            cell.status, cell.reason = "skipped", str(error)
+            _notify(on_cell, cell)
+            return None
+        if cell.tile:
+            from onnxstyle.tiling import TilePlan
+
+            rows, cols = TilePlan.create(model, layers, height, width, cell.tile).largest_tile
+            cell.estimate_bytes = estimate_bytes(runner, model, layers, cols, rows)
+        elif cell.estimate_bytes > 0.9 * available:
+            cell.status = "skipped"
+            cell.reason = f"needs ≈{cell.estimate_bytes / 2**30:.1f} GB, {available / 2**30:.1f} GB free"
+            _notify(on_cell, cell)
+            return None
+        unsupported = precision_support(runner, precision)
+        if unsupported:
+            cell.status, cell.reason = "skipped", unsupported
+            _notify(on_cell, cell)
+            return None
+        cell.gflop_per_iteration = iteration_flops(model, spec.content_layers, spec.style_layers, width, height) / 1e9
+        check_key = (runner.label, model.name, precision)
+        try:
+            if options.check and check_key not in checks:
+                if progress:
+                    progress(cell, "gradient check")
+                checks[check_key] = check_gradient(runner, spec, threads, precision)
+        except CELL_ERRORS as error:
+            _fail(cell, error)
+            _notify(on_cell, cell)
+            return None
+        cell.check = checks.get(check_key)
+        cell.cuda_graph = options.cuda_graph and takes_cuda_graph(runner)
+        loop = partial(build_loop, runner, spec, width, height, threads, precision, cell.tile, cell.cuda_graph)
+        return PendingCell(cell, runner, loop)
+
     try:
         for device in sorted({runner.device for runner in options.runners}):
             roofs[device] = measure_gemm(device)
-        for runner, model, (width, height), precision in plan:
-            cell = Cell(runner.label, model.name, width, height, precision, threads=threads)
-            cells.append(cell)
-            if model.name not in resolved:
-                resolved[model.name] = resolve(options.weights, model)
-            spec = engine_spec(model, resolved[model.name])
-            cell.weights = resolved[model.name].label
-            layers = spec.layers
-            minimum = model.min_size(layers)
-            if min(width, height) < minimum:
-                cell.status, cell.reason = "skipped", f"smaller than {model.name}'s minimum {minimum}x{minimum}"
-                _notify(on_cell, cell)
-                continue
-            release_memory()
-            cell.estimate_bytes = estimate_bytes(runner, model, layers, width, height)
-            available = free_bytes(runner)
-            try:
-                cell.tile = cell_tile(runner, spec, width, height, options.tile, available)
-            except UsageError as error:
-                cell.status, cell.reason = "skipped", str(error)
-                _notify(on_cell, cell)
-                continue
-            if cell.tile:
-                from onnxstyle.tiling import TilePlan
-
-                rows, cols = TilePlan.create(model, layers, height, width, cell.tile).largest_tile
-                cell.estimate_bytes = estimate_bytes(runner, model, layers, cols, rows)
-            elif cell.estimate_bytes > 0.9 * available:
-                cell.status = "skipped"
-                cell.reason = f"needs ≈{cell.estimate_bytes / 2**30:.1f} GB, {available / 2**30:.1f} GB free"
-                _notify(on_cell, cell)
-                continue
-            unsupported = precision_support(runner, precision)
-            if unsupported:
-                cell.status, cell.reason = "skipped", unsupported
-                _notify(on_cell, cell)
-                continue
-            flops = iteration_flops(model, spec.content_layers, spec.style_layers, width, height)
-            cell.gflop_per_iteration = flops / 1e9
-            if runner.device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            try:
-                check_key = (runner.label, model.name, precision)
-                if options.check and check_key not in checks:
-                    if progress:
-                        progress(cell, "gradient check")
-                    checks[check_key] = check_gradient(runner, spec, threads, precision)
-                cell.check = checks.get(check_key)
-                cell.cuda_graph = options.cuda_graph and takes_cuda_graph(runner)
-                loop = partial(build_loop, runner, spec, width, height, threads, precision, cell.tile, cell.cuda_graph)
-                with PeakMemory() as memory:
-                    measure_cell(cell, loop, options, runner.device, progress)
-                cell.rss_before_bytes, cell.peak_rss_bytes = memory.before, memory.peak
-                if runner.device == "cuda":
-                    cell.device_peak_bytes = int(torch.cuda.max_memory_allocated())
-                assert cell.stats is not None
-                cell.gflops = cell.gflop_per_iteration * cell.stats["median"] / 60.0
-                cell.roof_share = cell.gflops / roofs[runner.device].gflops
-            except (OnnxstyleError, RuntimeError, MemoryError) as error:
-                from onnxstyle.providers import first_line
-
-                cell.status, cell.reason = "failed", first_line(error)
-            _notify(on_cell, cell)
+        # Runners of one model and size are measured together (interleaved where they fit), so a ratio
+        # between them (×eager) is taken under the same load, not across the whole run while it drifts.
+        for model in options.models:
+            for width, height in options.sizes:
+                group = [
+                    pending
+                    for precision in options.precisions
+                    for runner in options.runners
+                    if (pending := prepare(runner, model, width, height, precision)) is not None
+                ]
+                if interleavable(group, options):
+                    run_interleaved(group, options, roofs, progress)
+                    for pending in group:
+                        _notify(on_cell, pending.cell)
+                else:
+                    for pending in group:
+                        run_sequential(pending, options, roofs, progress)
+                        _notify(on_cell, pending.cell)
+                del group
+                release_memory()
     except KeyboardInterrupt:
         interrupted = True
         for cell in cells:

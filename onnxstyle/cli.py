@@ -233,6 +233,7 @@ def bench(
     name: Annotated[Optional[str], typer.Option(help="Report file stem (default bench-YYYYmmdd-HHMMSS).")] = None,
     tile: Annotated[Optional[int], typer.Option(help="Tile core edge (px) for our engines; 0 never tiles. Default: tile cells that would not fit.")] = None,
     cuda_graph: Annotated[bool, typer.Option(help="ONNX Runtime runners on cuda/tensorrt capture each cell's run as a CUDA graph.")] = False,
+    interleave: Annotated[bool, typer.Option("--interleave/--sequential", help="Alternate the timed windows of a size's runners (ratios under the same load) where they fit in memory together, or run cells one after another.")] = True,
 ) -> None:
     """Iterations per minute by runner × model × size, beside the 2016 study; writes reports."""
     import time
@@ -262,7 +263,7 @@ def bench(
     options = BenchOptions(
         runners=runners, models=models, sizes=size_list, precisions=precisions, duration=None if iterations else duration,
         iterations=iterations, runs=runs, warmup=warmup, threads=threads, weights=weights, check=check, skipped=skipped,
-        tile=tile, cuda_graph=cuda_graph,
+        tile=tile, cuda_graph=cuda_graph, interleave=interleave,
     )
     labels = {spec.name: resolve(weights, spec).label for spec in models}
     if any("timing only" in label for label in labels.values()):

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import statistics
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -168,10 +169,25 @@ def reference_cell(report: Report, cell: Cell) -> Cell | None:
 
 
 def speedup(report: Report, cell: Cell) -> float | None:
+    """``cell`` against the eager fp32 loop: the median of round-paired window ratios when both were
+    interleaved (each pair timed under the same load), else the ratio of the two medians."""
     reference = reference_cell(report, cell)
     if reference is None or cell.median is None or reference.median is None or reference is cell:
         return None
-    return cell.median / reference.median
+    paired = paired_ratios(cell, reference)
+    return statistics.median(paired) if paired else cell.median / reference.median
+
+
+def paired_ratios(cell: Cell, reference: Cell) -> list[float]:
+    """it/min ratios of windows timed in the same round of an interleaved run (empty when not interleaved)."""
+    if not (cell.interleaved and reference.interleaved):
+        return []
+    rates = {window.get("round", index): 60.0 * window["iterations"] / window["seconds"] for index, window in enumerate(reference.windows)}
+    return [
+        60.0 * window["iterations"] / window["seconds"] / rates[round_index]
+        for index, window in enumerate(cell.windows)
+        if (round_index := window.get("round", index)) in rates
+    ]
 
 
 def _cell_size(cell: Cell) -> str:
@@ -309,9 +325,10 @@ def _method(options: dict[str, Any]) -> str:
     if not options:
         return "–"
     amount = f"{options.get('iterations')} it/window" if options.get("iterations") else f"≈{options.get('duration')} s over the windows"
+    order = "windows interleaved across the runners of each size (×eager pairs them by round)" if options.get("interleave") else "cells one after another"
     return (
         f"{options.get('optimizer', 'adam')} steps; setup and first iteration apart; {options.get('warmup')} warm-up; "
-        f"{options.get('runs')} windows, {amount}; threads {options.get('threads') or 'all'}"
+        f"{options.get('runs')} windows, {amount}; {order}; threads {options.get('threads') or 'all'}"
     )
 
 
@@ -370,7 +387,7 @@ def to_markdown(report: Report) -> str:
     lines += _markdown_table(list(DETAIL_COLUMNS), detail_rows(report))
     lines += [
         "",
-        "µs/px: median time per iteration divided by the pixel count. × eager: against the plain torch eager loop (PyTorch-tutorial shape) in fp32 on the same device in this run. "
+        "µs/px: median time per iteration divided by the pixel count. × eager: against the plain torch eager loop (PyTorch-tutorial shape) in fp32 on the same device in this run; where the runners were interleaved, the median of per-round window ratios. "
         "GFLOP/s counts convolution and Gram arithmetic (forward + adjoint); % GEMM roof divides it by the fp32 "
         "matrix-multiply rate measured at the start of the run. Loop overhead: share of an iteration outside "
         "loss+gradient (optimiser step, copies, Python). Grad check: relative error of the gradient against torch "

@@ -123,6 +123,7 @@ class FakeLoop:
     def __init__(self, clock, engine_time=0.009, overhead=0.001):
         self.clock, self.engine_time, self.overhead = clock, engine_time, overhead
         self.engine_seconds = 0.0
+        self.torch_threads = 1
         self.steps = 0
 
     def step(self):
@@ -162,6 +163,73 @@ def test_measure_cell_times_setup_first_iteration_warmup_and_windows(monkeypatch
     assert cell.stats["median"] == pytest.approx(6000.0)
     assert cell.overhead == pytest.approx(0.1)
     assert cell.final_loss == pytest.approx(1 / 15)
+
+
+def test_interleaved_cells_rotate_their_windows_round_by_round(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(bench.time, "perf_counter", clock)
+    order = []
+
+    class Recording(FakeLoop):
+        def __init__(self, name, **kwargs):
+            super().__init__(clock, **kwargs)
+            self.name = name
+            self.torch_threads = 1 if name == "b" else 2  # as an ORT CPU engine set up later would leave it
+
+        def step(self):
+            order.append(self.name)
+            if self.steps:  # warm-up and windows run with the thread count this loop was set up with
+                assert torch.get_num_threads() == self.torch_threads
+            return super().step()
+
+    monkeypatch.setattr(bench, "free_bytes", lambda runner: 2**40)
+    group = [
+        bench.PendingCell(Cell(name, "vgg19", 64, 64, estimate_bytes=2**20), Runner("torch", "cpu"), lambda name=name, cost=cost: Recording(name, engine_time=cost))
+        for name, cost in (("a", 0.009), ("b", 0.019), ("c", 0.004))
+    ]
+    options = BenchOptions([], [], [], iterations=2, runs=3, warmup=1)
+    assert bench.interleavable(group, options)
+    roofs = {"cpu": bench.GemmRate("cpu", 8, 1, [1.0])}
+    for pending in group:
+        pending.cell.gflop_per_iteration = 1.0
+    threads = torch.get_num_threads()
+    try:
+        bench.run_interleaved(group, options, roofs, None)
+    finally:
+        torch.set_num_threads(threads)
+    # set-up and warm-up one after another, then windows of two iterations in rounds abc, bca, cab
+    assert "".join(order) == "aabbcc" + "aabbcc" + "bbccaa" + "ccaabb"
+    for pending in group:
+        cell = pending.cell
+        assert cell.status == "ok" and cell.interleaved
+        assert [window["round"] for window in cell.windows] == [0, 1, 2]
+        assert cell.peak_rss_bytes >= cell.rss_before_bytes
+    assert group[1].cell.median == pytest.approx(60 / 0.020)
+    # Cells that would not fit together, tiled cells, lone cells and --sequential run one after another.
+    monkeypatch.setattr(bench, "free_bytes", lambda runner: 5 * 2**20)
+    assert not bench.interleavable(group, options)
+    monkeypatch.setattr(bench, "free_bytes", lambda runner: 2**40)
+    assert not bench.interleavable(group[:1], options)
+    options.interleave = False
+    assert not bench.interleavable(group, options)
+
+
+def test_a_failing_interleaved_cell_leaves_the_others_measured(monkeypatch):
+    class Failing(FakeLoop):
+        def step(self):
+            if self.steps == 2:
+                raise bench.OnnxstyleError("fp16 gradient overflowed (loss scale 1024); use bf16 or fp32")
+            return super().step()
+
+    clock = Clock()
+    group = [
+        bench.PendingCell(Cell("good", "nin", 64, 64, gflop_per_iteration=1.0), Runner("torch", "cpu"), lambda: FakeLoop(clock)),
+        bench.PendingCell(Cell("bad", "nin", 64, 64, gflop_per_iteration=1.0), Runner("torch", "cpu"), lambda: Failing(clock)),
+    ]
+    bench.run_interleaved(group, BenchOptions([], [], [], iterations=2, runs=2, warmup=0), {"cpu": bench.GemmRate("cpu", 8, 1, [1.0])}, None)
+    good, bad = (pending.cell for pending in group)
+    assert good.status == "ok" and len(good.windows) == 2
+    assert bad.status == "failed" and bad.reason.startswith("fp16 gradient overflowed")
 
 
 def test_cells_that_would_not_fit_are_skipped_with_the_estimate(monkeypatch, tmp_path):

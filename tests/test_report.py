@@ -81,6 +81,26 @@ def test_tables_show_study_figures_ratios_and_skips():
     assert rows[3]["status"] == "skipped"
 
 
+def test_interleaved_cells_are_compared_window_by_window_within_rounds():
+    from onnxstyle.report import paired_ratios, speedup
+
+    # Load drifts 2x between rounds; each round's pair sees the same load, so the paired ratio stays 1.5
+    # while the ratio of medians would not (the ORT windows are not the median rounds of eager's).
+    ort = measured("ort-cpu", "vgg19", 128, [300.0, 600.0, 900.0], interleaved=True)
+    eager = measured("eager-cpu", "vgg19", 128, [200.0, 400.0, 600.0], interleaved=True)
+    for index, window in enumerate(ort.windows):
+        window["round"] = index
+    for index, window in enumerate(eager.windows):
+        window["round"] = index
+    eager.windows = [eager.windows[2], eager.windows[0], eager.windows[1]]  # order on disk is irrelevant
+    report = new_report([ort, eager], {"interleave": True, "runs": 3}, {}, {}, ["onnxstyle", "bench"], False)
+    assert paired_ratios(ort, eager) == pytest.approx([1.5, 1.5, 1.5])
+    assert speedup(report, ort) == pytest.approx(1.5)
+    assert "interleaved" in to_markdown(report)
+    ort.interleaved = False  # sequential cells: the ratio of medians
+    assert paired_ratios(ort, eager) == [] and speedup(report, ort) == pytest.approx(600 / 400)
+
+
 def test_study_lookup():
     assert study_figure("vgg19", "ort-cpu", 128, 128) == (True, 71.4)
     assert study_figure("vgg19", "ort-cuda", 512, 512) == (True, None)  # the study's core dump
@@ -167,7 +187,9 @@ def test_bench_end_to_end_writes_four_reports(tmp_path):
     report = load_report(tmp_path / "r" / "t.json")
     assert [(c.runner, c.width, c.height, c.status) for c in report.cells] == [
         ("ort-cpu", 64, 64, "ok"), ("eager-cpu", 64, 64, "ok"), ("ort-cpu", 80, 64, "ok"), ("eager-cpu", 80, 64, "ok")
-    ]  # runners of one cell back to back, so their ratio is measured close together in time
+    ]  # runners of one size together, their windows interleaved, so their ratio is measured under one load
+    assert all(cell.interleaved and [w["round"] for w in cell.windows] == [0, 1] for cell in report.cells)
+    assert report.options["interleave"] is True
     ort = report.cells[0]
     assert ort.engine["provider_effective"] == "CPUExecutionProvider"
     assert ort.check["ok"] and ort.peak_rss_bytes > 0 and ort.gflops > 0 and 0 < ort.roof_share

@@ -7,7 +7,7 @@ import torch
 from onnxstyle.engines.base import Engine, EngineSpec
 from onnxstyle.errors import NumericalError, ProviderError
 from onnxstyle.losses import LossTerms, gram_matrix, objective
-from onnxstyle.precision import FP16_LOSS_SCALE, autocast_dtype, require, set_tf32
+from onnxstyle.precision import FP16_LOSS_SCALE, autocast_dtype, exact_bf16_matmuls, require, set_tf32
 from onnxstyle.sysinfo import default_threads
 from onnxstyle.tiling import feature_mask
 from onnxstyle.weights import build_backbone
@@ -55,20 +55,21 @@ class TorchEngine(Engine):
         return {layer: value.float() for layer, value in features.items()}
 
     def extract(self, image: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        with torch.no_grad():
+        with torch.no_grad(), exact_bf16_matmuls(self._device, self.network_dtype):
             features = self.features(self.spec.weights.preprocessing.to_model(image.to(self._device)))
-        content = {layer: features[layer] for layer in self.spec.content_layers}
-        grams = {layer: gram_matrix(features[layer]) for layer in self.spec.style_layers}
+            content = {layer: features[layer] for layer in self.spec.content_layers}
+            grams = {layer: gram_matrix(features[layer]) for layer in self.spec.style_layers}
         return content, grams
 
     def loss_and_grad(self, image: torch.Tensor) -> tuple[LossTerms, torch.Tensor]:
         assert self.targets is not None, "set_targets() first"
         pixels = image.detach().to(self._device).requires_grad_(True)
         model_input = self.spec.weights.preprocessing.to_model(pixels)
-        total, content, style, tv = objective(
-            self.features(model_input), model_input, self.targets.content, self.targets.style, self.targets.weights
-        )
-        grad = self._gradient(total, pixels)
+        with exact_bf16_matmuls(self._device, self.network_dtype):
+            total, content, style, tv = objective(
+                self.features(model_input), model_input, self.targets.content, self.targets.style, self.targets.weights
+            )
+            grad = self._gradient(total, pixels)
         terms = LossTerms(float(total.detach()), [float(t.detach()) for t in content], [float(t.detach()) for t in style], float(tv.detach()))
         return terms, grad
 
@@ -76,7 +77,7 @@ class TorchEngine(Engine):
         self, tile: torch.Tensor, core: torch.Tensor, strides: dict[str, int]
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Gram sums over the tile's core positions, and the tile's content-layer features (see tiling.py)."""
-        with torch.no_grad():
+        with torch.no_grad(), exact_bf16_matmuls(self._device, self.network_dtype):
             features = self.features(self.spec.weights.preprocessing.to_model(tile.to(self._device)))
             sums = {}
             for layer in self.spec.style_layers:
@@ -95,19 +96,20 @@ class TorchEngine(Engine):
     ) -> tuple[dict[str, float], torch.Tensor]:
         """The tile's share of the whole-image gradient, through the surrogate ⟨D, ΣF·Fᵀ⟩ + core content loss."""
         pixels = tile.detach().to(self._device).requires_grad_(True)
-        features = self.features(self.spec.weights.preprocessing.to_model(pixels))
-        surrogate = torch.zeros((), device=self._device)
-        content_parts = {}
-        for layer, direction in style_directions.items():
-            masked = _core_matrix(features[layer], core, strides[layer])
-            surrogate = surrogate + (direction * (masked @ masked.t())).sum()
-        for layer, target in content_targets.items():
-            value = features[layer]
-            mask = feature_mask(core, strides[layer], *value.shape[2:])
-            part = content_scales[layer] * (((value - target) ** 2) * mask).sum()
-            content_parts[layer] = float(part.detach())
-            surrogate = surrogate + part
-        return content_parts, self._gradient(surrogate, pixels)
+        with exact_bf16_matmuls(self._device, self.network_dtype):
+            features = self.features(self.spec.weights.preprocessing.to_model(pixels))
+            surrogate = torch.zeros((), device=self._device)
+            content_parts = {}
+            for layer, direction in style_directions.items():
+                masked = _core_matrix(features[layer], core, strides[layer])
+                surrogate = surrogate + (direction * (masked @ masked.t())).sum()
+            for layer, target in content_targets.items():
+                value = features[layer]
+                mask = feature_mask(core, strides[layer], *value.shape[2:])
+                part = content_scales[layer] * (((value - target) ** 2) * mask).sum()
+                content_parts[layer] = float(part.detach())
+                surrogate = surrogate + part
+            return content_parts, self._gradient(surrogate, pixels)
 
     def _gradient(self, value: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
         """d(value)/d(pixels), through the fp16 loss scale (and its overflow check) when running fp16."""
