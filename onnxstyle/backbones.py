@@ -33,6 +33,17 @@ class LayerSpec:
     padding: int = 0
     ceil_mode: bool = False
 
+    def output_size(self, height: int, width: int) -> tuple[int, int] | None:
+        """This layer's output (height, width) for an input of height×width; ``None`` if its window does not fit."""
+        if self.kind not in ("conv", "pool"):
+            return height, width
+        span_h, span_w = height + 2 * self.padding - self.kernel, width + 2 * self.padding - self.kernel
+        if span_h < 0 or span_w < 0:
+            return None
+        if self.ceil_mode:
+            return -(-span_h // self.stride) + 1, -(-span_w // self.stride) + 1
+        return span_h // self.stride + 1, span_w // self.stride + 1
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -85,15 +96,10 @@ class BackboneSpec:
         for spec in self.truncated([layer]):
             if spec.kind == "conv":
                 channels = spec.out_channels
-            if spec.kind not in ("conv", "pool"):
-                continue
-            span_h, span_w = height + 2 * spec.padding - spec.kernel, width + 2 * spec.padding - spec.kernel
-            if span_h < 0 or span_w < 0:
+            size = spec.output_size(height, width)
+            if size is None:
                 return None
-            if spec.ceil_mode:
-                height, width = -(-span_h // spec.stride) + 1, -(-span_w // spec.stride) + 1
-            else:
-                height, width = span_h // spec.stride + 1, span_w // spec.stride + 1
+            height, width = size
         return channels, height, width
 
     def min_size(self, names: Sequence[str]) -> int:

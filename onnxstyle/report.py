@@ -169,9 +169,21 @@ def reference_cell(report: Report, cell: Cell) -> Cell | None:
 
 
 def speedup(report: Report, cell: Cell) -> float | None:
-    """``cell`` against the eager fp32 loop: the median of round-paired window ratios when both were
+    """``cell`` against the eager fp32 loop on its device, model and size."""
+    return relative_rate(cell, reference_cell(report, cell))
+
+
+def precision_speedup(report: Report, cell: Cell) -> float | None:
+    """A reduced-precision cell against the same runner in fp32 (what the precision alone buys)."""
+    if cell.precision == "fp32":
+        return None
+    reference = report.find(cell.model, cell.runner, cell.width, cell.height, "fp32")
+    return relative_rate(cell, reference if reference is not None and reference.status == "ok" else None)
+
+
+def relative_rate(cell: Cell, reference: Cell | None) -> float | None:
+    """it/min of ``cell`` over ``reference``'s: the median of round-paired window ratios when both were
     interleaved (each pair timed under the same load), else the ratio of the two medians."""
-    reference = reference_cell(report, cell)
     if reference is None or cell.median is None or reference.median is None or reference is cell:
         return None
     paired = paired_ratios(cell, reference)
@@ -253,7 +265,7 @@ def speed_table(report: Report) -> Table:
 
 
 DETAIL_COLUMNS = (
-    "model", "runner", "prec.", "size", "it/min", "min–max", "µs/px", "×eager", "GFLOP/s", "roof",
+    "model", "runner", "prec.", "size", "it/min", "min–max", "µs/px", "×eager", "×fp32", "GFLOP/s", "roof",
     "RSS GB", "setup s", "1st it s", "overhead", "grad err",
 )
 
@@ -282,6 +294,7 @@ def detail_rows(report: Report) -> list[list[str]]:
             f"{cell.stats['min']:,.1f}–{cell.stats['max']:,.1f}",
             f"{microseconds_per_pixel(cell):.2f}",
             "–" if ratio is None else f"{ratio:.2f}×",
+            "–" if (by_precision := precision_speedup(report, cell)) is None else f"{by_precision:.2f}×",
             "–" if cell.gflops is None else f"{cell.gflops:,.1f}",
             "–" if cell.roof_share is None else f"{100 * cell.roof_share:.0f}%",
             _gb(cell.peak_rss_bytes if cell.device_peak_bytes is None else cell.device_peak_bytes),
@@ -337,7 +350,7 @@ def _method(options: dict[str, Any]) -> str:
 
 CSV_COLUMNS = (
     "model", "runner", "precision", "width", "height", "status", "reason", "median_it_per_min", "q1", "q3", "min", "max",
-    "windows", "iterations", "speedup_vs_eager", "gflop_per_iteration", "gflops", "roof_share", "peak_rss_bytes",
+    "windows", "iterations", "speedup_vs_eager", "speedup_vs_fp32", "gflop_per_iteration", "gflops", "roof_share", "peak_rss_bytes",
     "device_peak_bytes", "estimate_bytes", "setup_seconds", "first_iteration_seconds", "overhead", "grad_error", "final_loss",
     "provider_effective", "threads", "weights",
 )
@@ -353,7 +366,7 @@ def to_csv(report: Report) -> str:
         writer.writerow([
             cell.model, cell.runner, cell.precision, cell.width, cell.height, cell.status, cell.reason,
             stats.get("median", ""), stats.get("q1", ""), stats.get("q3", ""), stats.get("min", ""), stats.get("max", ""),
-            len(cell.windows), len(cell.iteration_seconds), "" if ratio is None else ratio,
+            len(cell.windows), len(cell.iteration_seconds), "" if ratio is None else ratio, _blank(precision_speedup(report, cell)),
             _blank(cell.gflop_per_iteration), _blank(cell.gflops), _blank(cell.roof_share), _blank(cell.peak_rss_bytes),
             _blank(cell.device_peak_bytes), _blank(cell.estimate_bytes), _blank(cell.setup_seconds), _blank(cell.first_iteration_seconds),
             _blank(cell.overhead), "" if not cell.check else cell.check.get("grad_error", ""), _blank(cell.final_loss),
@@ -387,7 +400,7 @@ def to_markdown(report: Report) -> str:
     lines += _markdown_table(list(DETAIL_COLUMNS), detail_rows(report))
     lines += [
         "",
-        "µs/px: median time per iteration divided by the pixel count. × eager: against the plain torch eager loop (PyTorch-tutorial shape) in fp32 on the same device in this run; where the runners were interleaved, the median of per-round window ratios. "
+        "µs/px: median time per iteration divided by the pixel count. × eager: against the plain torch eager loop (PyTorch-tutorial shape) in fp32 on the same device in this run; where the runners were interleaved, the median of per-round window ratios. × fp32: a reduced-precision cell against the same runner in fp32, likewise. "
         "GFLOP/s counts convolution and Gram arithmetic (forward + adjoint); % GEMM roof divides it by the fp32 "
         "matrix-multiply rate measured at the start of the run. Loop overhead: share of an iteration outside "
         "loss+gradient (optimiser step, copies, Python). Grad check: relative error of the gradient against torch "

@@ -60,6 +60,47 @@ def test_gradient_matches_autograd(backbone, pooling, term, weights):
     assert len(grads) == 3 and max(grads) <= 1e-4
 
 
+@pytest.mark.parametrize("channels,size", [((128, 128), (16, 16)), ((128, 192), (25, 18)), ((160, 128), (13, 7)), ((128, 128), (3, 5))])
+def test_winograd_convolution_matches_the_direct_one(channels, size):
+    """F(4×4, 3×3) on whole and partial tiles (sizes that are not multiples of 4 are padded, then cropped)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from onnxstyle.exporters.graph import GraphBuilder, NetworkGraph
+
+    model, preprocessing, _, _ = _model("nin", "max")
+    network = NetworkGraph(GraphBuilder(), model, preprocessing)
+    in_channels, out_channels = channels
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(out_channels, in_channels, 3, 3, generator=generator) / (3 * in_channels**0.5)
+    x = torch.randn(1, in_channels, *size, generator=generator)
+    output = network._winograd("x", weight.numpy(), "conv")
+    network.b.nodes.append(helper.make_node("Identity", [output], ["y"]))
+    graph = network.b.model(
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, in_channels, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], 17, "winograd",
+    )
+    (result,) = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})
+    expected = torch.nn.functional.conv2d(x, weight, padding=1).numpy()
+    assert result.shape == expected.shape
+    assert relative_error(result, expected) < 1e-5
+
+
+@pytest.mark.parametrize("backbone", ["vgg19", "nin"])
+def test_winograd_loss_graph_matches_autograd(backbone):
+    """Built for 224 px, where the wide 3×3 layers with ≥16 output tiles qualify; exact at other sizes too."""
+    model, preprocessing, content, style = _model(backbone, "max")
+    graph = build_loss_model(model, preprocessing, content_layers=content, style_layers=style, winograd_size=(224, 224))
+    assert "DepthToSpace" in operator_types(graph) and operator_types(graph) <= ALLOWED_OPS
+    # VGG19: conv2_2 (112²) … conv5_1 (14²), ≥128 channels; NIN: conv3 (13², 256→384), not conv4-1024 (6²: 4 tiles)
+    wide = {"vgg19": 10, "nin": 1}[backbone]
+    assert sum("_wino_in_" in node.name for node in graph.graph.node) == 2 * wide  # forward and adjoint
+    records = validate_loss(graph, model, preprocessing, content, style, VALIDATION_SIZES)
+    assert max(record.error for record in records if record.output == "grad") <= 1e-4
+    with pytest.raises(ValueError, match="fp32 graphs only"):
+        build_loss_model(model, preprocessing, content_layers=content, style_layers=style, precision="fp16", winograd_size=(224, 224))
+
+
 @pytest.mark.parametrize("backbone,pooling", CASES)
 def test_loss_graph_uses_only_standard_inference_ops(backbone, pooling):
     model, preprocessing, content, style = _model(backbone, pooling)

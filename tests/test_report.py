@@ -101,6 +101,18 @@ def test_interleaved_cells_are_compared_window_by_window_within_rounds():
     assert paired_ratios(ort, eager) == [] and speedup(report, ort) == pytest.approx(600 / 400)
 
 
+def test_reduced_precision_cells_show_their_gain_over_fp32():
+    from onnxstyle.report import precision_speedup
+
+    fp32 = measured("torch-cpu", "vgg19", 128, [400.0, 410.0, 420.0])
+    bf16 = measured("torch-cpu", "vgg19", 128, [800.0, 820.0, 840.0], precision="bf16")
+    report = new_report([fp32, bf16], {}, {}, {}, ["onnxstyle", "bench"], False)
+    assert precision_speedup(report, bf16) == pytest.approx(2.0) and precision_speedup(report, fp32) is None
+    assert "2.00×" in to_markdown(report)
+    rows = list(csv.DictReader(io.StringIO(to_csv(report))))
+    assert rows[0]["speedup_vs_fp32"] == "" and float(rows[1]["speedup_vs_fp32"]) == pytest.approx(2.0)
+
+
 def test_study_lookup():
     assert study_figure("vgg19", "ort-cpu", 128, 128) == (True, 71.4)
     assert study_figure("vgg19", "ort-cuda", 512, 512) == (True, None)  # the study's core dump

@@ -49,7 +49,7 @@ VALIDATION_SIZES: tuple[tuple[int, int], ...] = ((64, 64), (97, 130), (256, 192)
 LOSS_OUTPUTS = ("loss", "content_losses", "style_losses", "tv_loss", "grad")
 ALLOWED_OPS = frozenset(
     "Add Cast Concat Conv ConstantOfShape DepthToSpace Div Equal Gather Greater MatMul MaxPool AveragePool "
-    "Mul Not Or And Pad ReduceProd ReduceSum Relu Reshape Resize Shape Slice Sub Sum Transpose Where".split()
+    "Mod Mul Not Or And Pad ReduceProd ReduceSum Relu Reshape Resize Shape Slice Sub Sum Transpose Where".split()
 )
 
 
@@ -94,10 +94,11 @@ def fix_dimensions(graph: onnx.ModelProto, values: dict[str, int]) -> onnx.Model
 def build_features_model(
     model: Backbone, preprocessing: Preprocessing, *, grams: Sequence[str] = (), opset: int = DEFAULT_OPSET,
     precision: str = "fp32",
+    winograd_size: tuple[int, int] | None = None,
 ) -> onnx.ModelProto:
     """RGB image in [0, 1] → the requested feature maps by layer name (and Grams when asked)."""
     builder = GraphBuilder()
-    network = NetworkGraph(builder, model, preprocessing, precision)
+    network = NetworkGraph(builder, model, preprocessing, precision, winograd_size)
     tensors = network.forward(IMAGE_INPUT)
     channels = _channels(model)
     outputs = []
@@ -128,11 +129,12 @@ def build_loss_model(
     style_layers: Sequence[str],
     opset: int = DEFAULT_OPSET,
     precision: str = "fp32",
+    winograd_size: tuple[int, int] | None = None,
 ) -> onnx.ModelProto:
     """Image + targets + per-layer weights → total loss, each term, and d(loss)/d(image)."""
     builder = GraphBuilder()
     b = builder
-    network = NetworkGraph(builder, model, preprocessing, precision)
+    network = NetworkGraph(builder, model, preprocessing, precision, winograd_size)
     tensors = network.forward(IMAGE_INPUT)
     channels = _channels(model)
     seeds: dict[str, list[str]] = {}
@@ -203,11 +205,12 @@ def build_tile_statistics_model(
     model: Backbone, preprocessing: Preprocessing, *, content_layers: Sequence[str], style_layers: Sequence[str],
     strides: dict[str, int], opset: int = DEFAULT_OPSET,
     precision: str = "fp32",
+    winograd_size: tuple[int, int] | None = None,
 ) -> onnx.ModelProto:
     """Tile + core mask → Gram sums over core positions (``gram_sum.LAYER``) and content features (see tiling.py)."""
     builder = GraphBuilder()
     b = builder
-    network = NetworkGraph(builder, model, preprocessing, precision)
+    network = NetworkGraph(builder, model, preprocessing, precision, winograd_size)
     tensors = network.forward(IMAGE_INPUT)
     channels = _channels(model)
     outputs = []
@@ -227,6 +230,7 @@ def build_tile_gradient_model(
     model: Backbone, preprocessing: Preprocessing, *, content_layers: Sequence[str], style_layers: Sequence[str],
     strides: dict[str, int], opset: int = DEFAULT_OPSET,
     precision: str = "fp32",
+    winograd_size: tuple[int, int] | None = None,
 ) -> onnx.ModelProto:
     """Tile + core mask + dL/dG per style layer + content targets → core content losses and the tile's gradient.
 
@@ -234,7 +238,7 @@ def build_tile_gradient_model(
     exactly the whole-image style gradient there (D is symmetric)."""
     builder = GraphBuilder()
     b = builder
-    network = NetworkGraph(builder, model, preprocessing, precision)
+    network = NetworkGraph(builder, model, preprocessing, precision, winograd_size)
     tensors = network.forward(IMAGE_INPUT)
     channels = _channels(model)
     inputs = [image_input(), _core_input()]
