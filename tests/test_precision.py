@@ -95,3 +95,20 @@ def test_ort_fp16_overflow_is_one_clear_error_not_nan():
     assert torch.isfinite(grad).all()
     with pytest.raises(NumericalError, match="fp16 loss or gradient overflowed on cpu"):
         engine.loss_and_grad(image * 1e5)  # activations beyond fp16's 65504
+
+
+def test_winograd_is_chosen_for_fp32_cpu_graphs_only():
+    from onnxstyle.engines.onnxruntime_engine import OnnxRuntimeEngine
+    from onnxstyle.providers import ProviderConfig
+
+    vgg = get_backbone("vgg19")
+    spec = engine_spec(vgg, resolve("synthetic", vgg))
+    fp32 = OnnxRuntimeEngine(spec, ProviderConfig("CPUExecutionProvider", threads=2), [(256, 256), (128, 128)])
+    # chosen for the smallest size asked for: at 128 px conv4_x are 16x16 (16 tiles), conv5_1 8x8 (4 tiles: direct)
+    assert fp32.winograd_size == (128, 128)
+    assert fp32.conv_algorithm.startswith("winograd F(4x4,3x3): conv2_2, conv3_1,") and "conv4_4 (chosen for 128x128)" in fp32.conv_algorithm
+    assert OnnxRuntimeEngine(spec, ProviderConfig("CPUExecutionProvider", threads=2), [(256, 256)], winograd=False).conv_algorithm == "direct"
+    fp16 = OnnxRuntimeEngine(spec, ProviderConfig("CPUExecutionProvider", threads=2, precision="fp16"), [(256, 256)])
+    assert fp16.conv_algorithm == "direct"
+    with pytest.raises(UsageError, match="fp32 graphs only"):
+        OnnxRuntimeEngine(spec, ProviderConfig("CPUExecutionProvider", threads=2, precision="fp16"), [(256, 256)], winograd=True)

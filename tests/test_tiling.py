@@ -37,8 +37,11 @@ def test_tiled_gradient_equals_untiled(engine, model, content, style, height, wi
     reference.set_targets(targets)
     expected_terms, expected_grad = reference.loss_and_grad(image)
 
-    tiled = create_engine(engine, spec, threads=2, tile=core)
+    tiled = create_engine(engine, spec, threads=2, tile=core, sizes=[(height, width)])  # ORT: Winograd layers where they pay
     assert isinstance(tiled, TiledEngine) and tiled.plan(height, width).count > 4
+    if engine == "onnxruntime":
+        winograd = any(layer.kind == "conv" and min(layer.in_channels, layer.out_channels) >= 128 for layer in spec.backbone.truncated(spec.layers))
+        assert tiled.backend.describe()["conv_algorithm"].startswith("winograd") == winograd
     tiled_targets = tiled.build_targets(content_image, [style_image], [1.0], weights)
     for layer, gram in targets.style.items():
         assert torch.allclose(tiled_targets.style[layer], gram, rtol=1e-4, atol=1e-6 * float(gram.abs().max()))

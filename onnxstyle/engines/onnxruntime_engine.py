@@ -29,7 +29,7 @@ from onnxstyle.exporters.export import (
     fix_dimensions,
     style_input,
 )
-from onnxstyle.exporters.graph import IMAGE_INPUT, WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_TILES
+from onnxstyle.exporters.graph import IMAGE_INPUT, winograd_layers
 from onnxstyle.losses import LossTerms
 from onnxstyle.precision import FP16_LOSS_SCALE
 from onnxstyle.errors import NumericalError, UsageError
@@ -149,6 +149,14 @@ class OnnxRuntimeEngine(Engine):
         Gram and loss sums that overflow it (REFERENCE §6); the fp16 graph types those fp32 explicitly.
         """
         return "fp16" if self.config.precision == "fp16" else "fp32"
+
+    @property
+    def conv_algorithm(self) -> str:
+        """Which convolutions the loss graph runs as Winograd (a report should say when the arithmetic is not direct)."""
+        chosen = winograd_layers(self.spec.backbone.truncated(self.spec.layers), self.winograd_size) if self.winograd_size else []
+        if not chosen:
+            return "direct"
+        return f"winograd F(4x4,3x3): {', '.join(chosen)} (chosen for {self.winograd_size[1]}x{self.winograd_size[0]}); others direct"
 
     def _build(self, kind: GraphKind) -> onnx.ModelProto:
         spec = self.spec
@@ -318,10 +326,7 @@ class OnnxRuntimeEngine(Engine):
             "threads": self.config.threads,
             "io_binding": self.io_binding,
             "graph_precision": self.graph_precision,
-            "conv_algorithm": (
-                f"winograd F(4x4,3x3) for 3x3 convs with >= {WINOGRAD_MIN_CHANNELS} channels and >= {WINOGRAD_MIN_TILES} tiles "
-                f"at {self.winograd_size[1]}x{self.winograd_size[0]}, else direct" if self.winograd_size else "direct"
-            ),
+            "conv_algorithm": self.conv_algorithm,
             "static_shapes": self.static_shapes,
             "cuda_graph": self.config.cuda_graph,
         }

@@ -208,12 +208,9 @@ class NetworkGraph:
         if self.reduced:
             x = b.op("Cast", [x], "model_input_reduced", to=self.float_type)
         outputs: dict[str, str] = {}
-        size = self.winograd_size
+        if self.winograd_size is not None:
+            self.winograd_layers = set(winograd_layers(self.model.layer_specs, self.winograd_size))
         for layer in self.model.layer_specs:
-            if size is not None:
-                if _takes_winograd(layer, size):
-                    self.winograd_layers.add(layer.name)
-                size = layer.output_size(*size)
             y = self._layer_forward(layer, x)
             self.tensors.append(LayerTensors(layer, x, y))
             self.producers[y] = self.tensors[-1]
@@ -489,6 +486,19 @@ class NetworkGraph:
         scaled = b.op("Mul", [grad, multiplier])
         inverse = list(np.argsort(self.preprocessing.permutation))
         return b.op("Gather", [scaled, b.ints(*[int(i) for i in inverse])], "to_rgb_order", axis=1)
+
+
+def winograd_layers(layers: Sequence[LayerSpec], size: tuple[int, int]) -> list[str]:
+    """The convolutions a graph built for ``size`` (height, width) runs as Winograd F(4×4, 3×3)."""
+    chosen: list[str] = []
+    current: tuple[int, int] | None = size
+    for layer in layers:
+        if current is None:
+            break
+        if _takes_winograd(layer, current):
+            chosen.append(layer.name)
+        current = layer.output_size(*current)
+    return chosen
 
 
 def _takes_winograd(layer: LayerSpec, size: tuple[int, int]) -> bool:
