@@ -63,12 +63,29 @@ def test_bf16_engine_keeps_grams_and_losses_in_fp32():
     image = torch.rand(1, 3, 96, 96)
     content, grams = engine.extract(image)
     assert all(value.dtype == torch.float32 for value in [*content.values(), *grams.values()])
-    assert engine.describe()["autocast"] == "bfloat16" and engine.describe()["losses_and_grams"] == "fp32"
+    assert engine.describe()["network_dtype"] == "bfloat16" and engine.describe()["losses_and_grams"].startswith("fp32")
     from onnxstyle.losses import LossWeights
 
     engine.set_targets(engine.build_targets(torch.rand(1, 3, 96, 96), [image], [1.0], LossWeights((1.0,), (1.0,) * 4, 1e-3)))
     terms, grad = engine.loss_and_grad(image)
     assert grad.dtype == torch.float32 and torch.isfinite(grad).all() and terms.total > 0
+
+
+def test_bf16_grams_use_bf16_units_with_fp32_sums_and_nothing_else_changes():
+    from onnxstyle.losses import gram_matrix
+
+    features = torch.randn(1, 64, 24, 24).bfloat16().float()  # what a bf16 network hands the losses
+    expected = gram_matrix(features.double()).float()
+    matmul = torch.backends.mkldnn.matmul
+    before = getattr(matmul, "fp32_precision", None)
+    with precision.exact_bf16_matmuls(torch.device("cpu"), torch.bfloat16):
+        if before is not None:
+            assert matmul.fp32_precision == "bf16"
+        inside = gram_matrix(features)
+    assert getattr(matmul, "fp32_precision", None) == before  # restored
+    assert inside.dtype == torch.float32 and torch.allclose(inside, expected, rtol=1e-5, atol=1e-6)
+    with precision.exact_bf16_matmuls(torch.device("cpu"), None):  # fp32 networks: untouched
+        assert getattr(matmul, "fp32_precision", None) == before
 
 
 def test_ort_fp16_graph_gradient_is_checked_against_fp32():
