@@ -295,6 +295,51 @@ def bench(
         raise typer.Exit(130)
 
 
+@app.command()
+def profile(
+    model: Annotated[str, typer.Option(help="vgg19/vgg or nin.")] = "vgg19",
+    size: Annotated[str, typer.Option(help="Image size: one side or WIDTHxHEIGHT.")] = "256",
+    provider: Annotated[str, typer.Option(help="ONNX Runtime provider (cpu, cuda, tensorrt, …).")] = "cpu",
+    runs: Annotated[int, typer.Option(help="Profiled loss+gradient runs (after --warmup unprofiled ones).")] = 5,
+    warmup: Annotated[int, typer.Option(help="Runs before the profiled ones (first-run costs excluded).")] = 2,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: CPUs available to this process).")] = None,
+    weights: Annotated[str, typer.Option(help="auto | synthetic | catalogue id | PATH.")] = "auto",
+    conv: Annotated[str, typer.Option(help="auto | direct | winograd: how the wide 3x3 convolutions are built (auto: as stylize and bench run them).")] = "auto",
+    top: Annotated[int, typer.Option(help="Slowest nodes to list.")] = 15,
+) -> None:
+    """Where one loss+gradient run spends its time on ONNX Runtime: ORT's profiler by operator and by node."""
+    from onnxstyle.errors import UsageError
+    from onnxstyle.images import parse_size
+    from onnxstyle.profiling import profile_loss
+
+    if conv not in ("auto", "direct", "winograd"):
+        raise UsageError(f"--conv must be auto, direct or winograd, got '{conv}'")
+    side = parse_size(size)
+    width, height = side if isinstance(side, tuple) else (side, side)
+    with err.status(f"profiling {model} at {width}x{height} on {provider}…"):
+        result = profile_loss(
+            model=model, size=(width, height), provider=provider, threads=threads, runs=runs, warmup=warmup, weights=weights,
+            winograd=None if conv == "auto" else conv == "winograd",
+        )
+    out.print(
+        f"{result.model} {result.width}x{result.height} on {result.provider}: {result.run_milliseconds:,.1f} ms per loss+gradient run "
+        f"(mean of {result.runs}), {result.kernel_milliseconds:,.1f} ms in kernels; convolutions: {result.conv_algorithm}",
+        highlight=False,
+    )
+    by_op = Table(title="by operator (ms per run)")
+    for column in ("operator", "ms", "share"):
+        by_op.add_column(column, justify="left" if column == "operator" else "right")
+    for op_type, milliseconds, share in result.by_operator():
+        by_op.add_row(op_type, f"{milliseconds:,.2f}", f"{100 * share:.1f}%")
+    out.print(by_op)
+    nodes = Table(title=f"slowest {top} nodes (ms per run)")
+    for column in ("node", "operator", "ms"):
+        nodes.add_column(column, justify="right" if column == "ms" else "left")
+    for node in result.slowest(top):
+        nodes.add_row(node.name, node.op_type, f"{node.milliseconds:,.2f}")
+    out.print(nodes)
+
+
 def _show(report: object) -> None:
     from onnxstyle.report import Report, detail_table, speed_table, system_lines
 

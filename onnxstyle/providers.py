@@ -79,6 +79,7 @@ class ProviderConfig:
     memory_arena: bool = True
     precision: str = "fp32"
     cuda_graph: bool = False
+    profile_prefix: str | None = None  # ORT's profiler on, writing PREFIX_<time>.json (onnxstyle profile)
 
     def options(self) -> dict[str, str]:
         """Provider options per the ONNX Runtime documentation, with TF32, fp16 and algo search pinned.
@@ -128,6 +129,9 @@ def session_options(config: ProviderConfig) -> Any:
         # The planned memory pattern pre-allocates one block for every intermediate of a run: VGG19 at
         # 512 px peaked at 2.2 GB with it and 1.7 GB without, at the same speed (A/B at 128 and 256 px).
         options.enable_mem_pattern = False
+    if config.profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = config.profile_prefix
     if config.threads:
         options.intra_op_num_threads = config.threads
         options.inter_op_num_threads = 1

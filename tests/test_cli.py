@@ -35,6 +35,9 @@ def test_version_and_env():
         (["bench", "--provider", "cpu", "--model", "nin", "--tile", "64"], 2, "receptive field at relu10 (195 px)"),
         (["stylize", "--demo", "--cuda-graph"], 2, "CUDA graphs need the cuda or tensorrt provider, not cpu"),
         (["bench", "--provider", "cpu", "--cuda-graph", "--sizes", "64"], 2, "--cuda-graph applies to ONNX Runtime on cuda or tensorrt"),
+        (["profile", "--model", "nin", "--conv", "fft"], 2, "--conv must be auto, direct or winograd"),
+        (["profile", "--model", "vgg", "--size", "8"], 2, "8x8 is too small for vgg19"),
+        (["profile", "--model", "nin", "--provider", "cuda"], 8, "not usable here"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, args, code, message):
@@ -43,6 +46,13 @@ def test_bad_input_is_one_clear_line(tmp_path, args, code, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_profile_prints_operators_and_nodes(tmp_path):
+    result = run("profile", "--model", "nin", "--size", "64", "--runs", "1", "--warmup", "0", "--top", "2", "--weights", "synthetic", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ms per loss+gradient run" in result.stdout and "by operator" in result.stdout and "slowest 2 nodes" in result.stdout
+    assert "Conv" in result.stdout
 
 
 def test_demo_and_export_end_to_end(tmp_path):

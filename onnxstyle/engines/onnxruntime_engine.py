@@ -207,6 +207,13 @@ class OnnxRuntimeEngine(Engine):
             release_memory()
         return self._sessions[key]
 
+    def end_profiling(self, kind: GraphKind) -> str:
+        """Stop ORT's profiler on ``kind``'s session (opened with ``ProviderConfig.profile_prefix``); its JSON file."""
+        sessions = [session for key, session in self._sessions.items() if key[0] == kind]
+        if not sessions or not self.config.profile_prefix:
+            raise UsageError(f"no profiled {kind} session: open the engine with ProviderConfig(profile_prefix=...) and run it first")
+        return str(sessions[-1].end_profiling())
+
     def _close(self, kind: GraphKind) -> None:
         for key in [key for key in self._sessions if key[0] == kind]:
             del self._sessions[key]
