@@ -1,6 +1,6 @@
 """Where do the milliseconds of one loss+gradient go? ONNX Runtime's own profiler, per node and per operator.
 
-This is how the CPU graph's speed work was steered (VGG19 at 256 px: 79% of a run in Conv, each
+This is how the CPU graph's speed work was steered (VGG19 at 256 px: ≈80% of kernel time in Conv, each
 convolution near the FMA peak, hence Winograd rather than more kernel tuning); ``onnxstyle profile``
 lets anyone repeat it on their provider and machine.
 """

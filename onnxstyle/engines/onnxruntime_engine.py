@@ -99,8 +99,8 @@ class OnnxRuntimeEngine(Engine):
         """``io_binding`` None: on GPU providers (where it saves host copies); True also on CPU, where it runs the same path.
 
         ``winograd`` None: Winograd F(4×4, 3×3) for the wide 3×3 convolutions of fp32 graphs on the CPU
-        provider, whose direct convolutions already run near the FMA peak (VGG19 256 px: 79% of a run in
-        Conv at ~240 GFLOP/s on 2 cores); GPU providers choose their own algorithms (cuDNN, TensorRT tactics).
+        provider, whose direct convolutions already run near the FMA peak (VGG19 256 px: ≈80% of kernel time in
+        Conv, see `onnxstyle profile`); GPU providers choose their own algorithms (cuDNN, TensorRT tactics).
         """
         super().__init__(spec)
         if config.provider == "TensorrtExecutionProvider" and config.profile is None and sizes:
