@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # the dependency range is already met and pip does not fetch the newest CUDA build (several GB).
 LOCAL_TORCH := $(lastword $(sort $(foreach dir,$(PIP_FIND_LINKS),$(wildcard $(dir)/torch-*+cpu-*.whl))))
 
-.PHONY: setup demo test stylize bench-reference bench-large export clean
+.PHONY: setup demo test test-all stylize bench-reference bench-large export clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,11 @@ bench-large: $(STAMP)
 	$(BIN)/onnxstyle bench --model vgg --provider cpu --sizes 2048 --tile 1024 --iterations 1 --runs 1 --warmup 0 --no-check --name vgg19-2048-tile1024-cpu
 	$(BIN)/onnxstyle bench --model vgg --provider cpu --sizes 512,4096 --runs 3 --warmup 1 --no-check --name vgg19-tiled-speed-cpu
 
+# The suite without the cases marked slow (what CI runs); test-all adds them.
 test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 export: $(STAMP)

@@ -5,20 +5,27 @@ including loss and gradient; setup (graph build, session creation, engine build,
 first iteration are timed apart; then warm-up iterations; then several timed windows, each closed by
 a device synchronisation. A cell reports the median of its windows' it/min with min/max and IQR,
 keeps every per-iteration time, the loop overhead (share of an iteration outside loss+gradient),
-peak RSS sampled while it runs, achieved GFLOP/s against this machine's measured fp32 GEMM rate, and
-a gradient check against torch autograd at a small size. A cell that would not fit in free memory
+its worker's peak RSS, achieved GFLOP/s against this machine's measured fp32 GEMM rate, and a
+gradient check against torch autograd at a small size. A cell that would not fit in free memory
 is skipped with the estimate, never attempted.
+
+Every runner is measured in a worker process of its own (``onnxstyle.workers``), so thread pools,
+precision flags and allocators belong to one runner by construction; the GEMM roof gets a worker too.
+Each window also records what else used the CPUs (``onnxstyle.interference``), and a cell whose
+windows spread or that shared the machine is marked noisy, with the reason.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import statistics
-import threading
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,11 +33,11 @@ import torch
 
 from onnxstyle.backbones import BackboneSpec, get_backbone
 from onnxstyle.engines import Engine, EngineSpec, create_engine
-from onnxstyle.errors import OnnxstyleError, ProviderError, UsageError
+from onnxstyle.errors import NumericalError, OnnxstyleError, ProviderError, UsageError
 from onnxstyle.images import demo_content, demo_style, parse_size, to_tensor
 from onnxstyle.losses import LossWeights
 from onnxstyle.precision import GRADIENT_TOLERANCES, PRECISIONS, supported
-from onnxstyle.sysinfo import default_threads, release_memory
+from onnxstyle.sysinfo import default_threads
 from onnxstyle.weights import ResolvedWeights, resolve
 
 DEFAULT_SIZES = "64,128,256"
@@ -277,34 +284,6 @@ def free_bytes(runner: Runner) -> int:
     return int(psutil.virtual_memory().available)
 
 
-class PeakMemory:
-    """Samples this process's RSS on a thread while a cell runs; ``peak`` is the largest seen."""
-
-    def __init__(self, interval: float = 0.01) -> None:
-        import psutil
-
-        self._process = psutil.Process()
-        self.interval = interval
-        self.before = self._process.memory_info().rss
-        self.peak = self.before
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._process.memory_info().rss)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
-
-
 # ---------------------------------------------------------------- GEMM roof
 
 
@@ -356,8 +335,10 @@ def _ort_matmul(size: int, threads: int) -> Callable[[np.ndarray, np.ndarray], o
     return lambda a, b: session.run(None, {"a": a, "b": b})
 
 
-def measure_gemm(device: str = "cpu", size: int = 2048, repeats: int = 7) -> GemmRate:
+def measure_gemm(device: str = "cpu", size: int = 2048, repeats: int = 7, threads: int | None = None) -> GemmRate:
     """Best-of-``repeats`` square SGEMM: on CPU through torch, numpy and ONNX Runtime; on GPU cuBLAS, TF32 off."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     target = torch.device(device)
     if target.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -432,8 +413,6 @@ def summarize(values: Sequence[float]) -> Stats:
 
 class Loop(Protocol):
     engine_seconds: float
-    torch_threads: int  # torch's thread count is process-wide: set to this before the loop runs
-
 
     def step(self) -> float: ...
 
@@ -448,9 +427,6 @@ class EngineLoop:
         self.pixels = start.detach().clone().to(engine.device).requires_grad_(True)
         self.optimizer = torch.optim.Adam([self.pixels], lr=learning_rate)
         self.engine_seconds = 0.0
-        # What the engine chose at set-up (1 beside ORT's CPU pool, else the cores): torch's thread count
-        # is process-wide, so an engine set up later would otherwise impose its choice on this loop.
-        self.torch_threads = torch.get_num_threads()
 
     def step(self) -> float:
         started = time.perf_counter()
@@ -505,15 +481,15 @@ def takes_cuda_graph(runner: Runner) -> bool:
 def build_loop(
     runner: Runner,
     spec: EngineSpec,
-    width: int,
-    height: int,
+    content: torch.Tensor,
+    style: torch.Tensor,
     threads: int | None,
     precision: str = "fp32",
     tile: int | None = None,
     cuda_graph: bool = False,
 ) -> Loop:
     """Everything a cell's setup time covers: graphs, sessions, weights on the device, targets."""
-    content, style = demo_pair(width, height)
+    height, width = content.shape[2:]
     weights = loss_weights(spec.backbone)
     if runner.engine == "eager":
         from onnxstyle.engines.eager import EagerLoop
@@ -571,10 +547,19 @@ def check_gradient(runner: Runner, spec: EngineSpec, threads: int | None, precis
 
 @dataclass
 class Window:
+    """One timed window as the worker measured it, with what the CPUs did meanwhile (see ``interference``)."""
+
     iterations: int
     seconds: float
     engine_seconds: float
     round: int = 0  # the pass over a size's runners that timed it: windows of one round share the machine's load
+    cpu_seconds: float | None = None  # the timed worker's CPU time, all threads
+    busy_seconds: float | None = None  # every process's CPU time on the CPUs the worker may use
+    steal_seconds: float | None = None
+    load_average: float | None = None
+    cpus: int | None = None  # how many CPUs the worker may use (their counters are the ones read)
+    bench_cpu_seconds: float | None = None  # the bench's other processes (parent, idle workers), from the parent
+    other_cpu_seconds: float | None = None  # everything else: busy − the worker − the bench
 
     @property
     def per_minute(self) -> float:
@@ -594,23 +579,29 @@ class Cell:
     reason: str = ""
     tile: int | None = None  # core edge (px) when the cell ran tiled (exact gradient)
     cuda_graph: bool = False  # ORT captured and replayed a CUDA graph of the loss+gradient run
-    interleaved: bool = False  # its windows alternated with the other runners' of its size (see run_interleaved)
+    interleaved: bool = False  # its windows alternated with the other runners' of its size (see run_group)
     engine: dict[str, Any] = field(default_factory=dict)
     weights: str = ""
     threads: int | None = None
+    thread_counts: dict[str, Any] = field(default_factory=dict)  # what each library ran with in the worker
+    environment: dict[str, str] = field(default_factory=dict)  # variables the worker was started with
+    inputs_sha256: str = ""  # content and style images as the worker built them: the same for every runner
     setup_seconds: float | None = None
     first_iteration_seconds: float | None = None
     warmup: int = 0
-    windows: list[dict[str, float]] = field(default_factory=list)
+    windows: list[dict[str, Any]] = field(default_factory=list)
     iteration_seconds: list[float] = field(default_factory=list)
     stats: dict[str, float] | None = None
+    noisy: bool = False
+    noise: list[dict[str, str]] = field(default_factory=list)  # why the figure should not be trusted: {kind, text}
     overhead: float | None = None
     gflop_per_iteration: float | None = None
     gflops: float | None = None
     roof_share: float | None = None
-    rss_before_bytes: int | None = None
-    peak_rss_bytes: int | None = None
-    device_peak_bytes: int | None = None
+    rss_before_bytes: int | None = None  # the worker's RSS after its imports, before set-up
+    peak_rss_bytes: int | None = None  # the worker's peak RSS over set-up, warm-up and windows
+    device_peak_bytes: int | None = None  # torch's allocator peak on the GPU (misses ORT's arena)
+    device_used_bytes: int | None = None  # device-wide memory the worker took (mem_get_info delta), ORT included
     estimate_bytes: int | None = None
     first_loss: float | None = None
     final_loss: float | None = None
@@ -642,6 +633,8 @@ class BenchOptions:
     tile: int | None = None  # None: tile only cells that would not fit; 0: never; N: always, cores of N px
     cuda_graph: bool = False  # for ORT runners on cuda/tensorrt (others run as usual)
     interleave: bool = True  # time a size's runners in alternating windows where they fit in memory together
+    environment: dict[str, str] = field(default_factory=dict)  # set in every worker before it starts (--env)
+    hang_seconds: float = 300.0  # the least a worker may stay silent before it is declared hung
 
     def __post_init__(self) -> None:
         if self.iterations is not None and self.iterations <= 0:
@@ -656,6 +649,8 @@ class BenchOptions:
             raise UsageError(f"--threads must be positive, got {self.threads}")
         if self.tile is not None and self.tile < 0:
             raise UsageError(f"--tile must be positive (or 0 for never), got {self.tile}")
+        if not self.hang_seconds > 0:
+            raise UsageError(f"the hang timeout must be positive, got {self.hang_seconds}")
         for width, height in self.sizes:
             if width <= 0 or height <= 0:
                 raise UsageError(f"sizes must be positive, got {width}x{height}")
@@ -675,9 +670,22 @@ class BenchOptions:
             "check": self.check,
             "tile": "auto" if self.tile is None else self.tile,
             "interleave": self.interleave,
+            "isolation": "one worker process per runner",
+            "environment": self.environment,
             "optimizer": f"adam lr={LEARNING_RATE}",
             "init": "content image",
         }
+
+
+def parse_environment(items: Sequence[str]) -> dict[str, str]:
+    """``--env KEY=VALUE`` (repeatable) → a dict; a malformed item is a usage error."""
+    environment = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip() or any(char.isspace() for char in key.strip()):
+            raise UsageError(f"--env needs KEY=VALUE, got '{item}'")
+        environment[key.strip()] = value
+    return environment
 
 
 CellCallback = Callable[[Cell, str], None]
@@ -691,91 +699,233 @@ def window_plan(options: BenchOptions, seconds_per_iteration: float) -> int:
     return max(1, round(options.duration / options.runs / max(seconds_per_iteration, 1e-9)))
 
 
-class CellRun:
-    """A cell set up and warmed up: its loop, its window length, and the windows timed so far."""
+# ---------------------------------------------------------------- inside a worker
 
-    def __init__(self, cell: Cell, loop: Loop, count: int, device: str) -> None:
-        self.cell = cell
-        self.loop = loop
-        self.count = count
+
+@dataclass(frozen=True)
+class LoopRecipe:
+    """How a worker builds a cell's loop: a factory named by import path, its (picklable) keyword arguments,
+    and the size of the built-in content/style pair it receives as ``content`` and ``style``.
+
+    The parent never builds loops; naming the factory lets tests hand a worker a loop that crashes or hangs.
+    """
+
+    factory: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    inputs: tuple[int, int] | None = None  # (width, height) of the demo pair; None: the factory takes no images
+
+
+def _resident_bytes() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def _peak_resident_bytes() -> int:
+    """This process's RSS high-water mark, kept by the kernel: nothing sampled, nothing missed.
+
+    (Linux folds per-thread counters into it lazily, so it can trail the current RSS by a few pages.)
+    """
+    import psutil
+
+    info = psutil.Process().memory_info()
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return max(int(info.rss), int(peak if sys.platform == "darwin" else peak * 1024))
+    except ImportError:
+        return int(getattr(info, "peak_wset", info.rss))
+
+
+class CellSession:
+    """One cell's loop inside its worker: built once, then driven call by call by the parent.
+
+    Every clock is read here, next to the loop, and every GPU queue drained before it is read; the parent
+    only decides what runs when.
+    """
+
+    def __init__(self, recipe: LoopRecipe, device: str, threads: int) -> None:
+        from onnxstyle.interference import allowed_cpus
+
+        self.recipe = recipe
         self.device = device
-        self.windows: list[Window] = []
-        self.loss = cell.first_loss if cell.first_loss is not None else math.nan
+        torch.set_num_threads(threads)
+        self.cpus = allowed_cpus()
+        self.rss_before = _resident_bytes()
+        self.device_free_before = _device_free(device)
+        self.device_free_least = self.device_free_before
+        self.loop: Loop | None = None
+        self.loss = math.nan
 
+    def setup(self) -> dict[str, Any]:
+        """Build the loop (graphs, sessions, weights on the device, targets): the cell's set-up time."""
+        from onnxstyle.workers import _resolve
 
-def start_cell(cell: Cell, loop_factory: Callable[[], Loop], options: BenchOptions, device: str, progress: CellCallback | None = None) -> CellRun:
-    """Set up, time the first iteration apart, warm up, and size the windows from the last warm-up step."""
-    say = progress or (lambda _cell, _text: None)
-    say(cell, "setup")
-    started = time.perf_counter()
-    loop = loop_factory()
-    _synchronize(device)
-    cell.setup_seconds = time.perf_counter() - started
-    cell.engine = dict(loop.describe())
-    started = time.perf_counter()
-    cell.first_loss = loop.step()
-    _synchronize(device)
-    cell.first_iteration_seconds = time.perf_counter() - started
-    per_iteration = cell.first_iteration_seconds
-    torch.set_num_threads(loop.torch_threads)
-    for index in range(options.warmup):
-        say(cell, f"warm-up {index + 1}/{options.warmup}")
         started = time.perf_counter()
-        loop.step()
-        _synchronize(device)
-        per_iteration = time.perf_counter() - started
-    cell.warmup = options.warmup
-    return CellRun(cell, loop, window_plan(options, per_iteration), device)
+        images: dict[str, torch.Tensor] = {}
+        if self.recipe.inputs is not None:
+            images["content"], images["style"] = demo_pair(*self.recipe.inputs)
+        self.loop = _resolve(self.recipe.factory)(**self.recipe.kwargs, **images)
+        _synchronize(self.device)
+        seconds = time.perf_counter() - started
+        digest = hashlib.sha256()
+        for image in images.values():
+            digest.update(image.numpy().tobytes())
+        return {
+            "setup_seconds": seconds,
+            "engine": dict(self.loop.describe()),
+            "rss_before_bytes": self.rss_before,
+            "inputs_sha256": digest.hexdigest() if images else "",
+        }
+
+    def _step(self) -> float:
+        assert self.loop is not None, "setup() first"
+        self.loss = self.loop.step()
+        return self.loss
+
+    def first_iteration(self) -> tuple[float, float]:
+        """(seconds, loss) of the first step, which pays for lazy initialisation and so is reported apart."""
+        started = time.perf_counter()
+        loss = self._step()
+        _synchronize(self.device)
+        return time.perf_counter() - started, loss
+
+    def warm_up(self, count: int) -> float | None:
+        """``count`` untimed steps; the last one's seconds (None for none), which sizes the windows."""
+        seconds = None
+        for _ in range(count):
+            started = time.perf_counter()
+            self._step()
+            _synchronize(self.device)
+            seconds = time.perf_counter() - started
+        self._note_device_memory()
+        return seconds
+
+    def window(self, count: int, round_index: int) -> tuple[Window, list[float], float]:
+        """``count`` timed steps closed by a device synchronisation: (window, per-step seconds, last loss)."""
+        from onnxstyle.interference import CpuSnapshot, WindowLoad
+
+        assert self.loop is not None, "setup() first"
+        steps = []
+        engine_before = self.loop.engine_seconds
+        _synchronize(self.device)
+        before = CpuSnapshot.take(self.cpus)
+        for _ in range(count):
+            tick = time.perf_counter()
+            self._step()
+            steps.append(time.perf_counter() - tick)
+        _synchronize(self.device)
+        after = CpuSnapshot.take(self.cpus)
+        load = WindowLoad.between(before, after)
+        self._note_device_memory()
+        window = Window(
+            count, after.wall - before.wall, self.loop.engine_seconds - engine_before, round_index,
+            load.cpu_seconds, load.busy_seconds, load.steal_seconds, load.load_average, len(self.cpus),
+        )
+        return window, steps, self.loss
+
+    def _note_device_memory(self) -> None:
+        free = _device_free(self.device)
+        if free is not None and self.device_free_least is not None:
+            self.device_free_least = min(self.device_free_least, free)
+
+    def finish(self) -> dict[str, Any]:
+        """What the worker used: peak RSS, device memory, and the threads each library ran with."""
+        import psutil
+
+        engine = self.loop.describe() if self.loop is not None else {}
+        counts: dict[str, Any] = {
+            "torch": torch.get_num_threads(),
+            "torch_interop": torch.get_num_interop_threads(),
+            "process": psutil.Process().num_threads(),
+        }
+        if engine.get("engine") == "onnxruntime":
+            counts["onnxruntime_intra_op"] = engine.get("threads")
+        for variable in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS"):
+            if variable in os.environ:
+                counts[variable] = os.environ[variable]
+        used = None
+        if self.device_free_before is not None and self.device_free_least is not None:
+            used = self.device_free_before - self.device_free_least
+        return {
+            "peak_rss_bytes": _peak_resident_bytes(),
+            "device_peak_bytes": int(torch.cuda.max_memory_allocated()) if self.device.startswith("cuda") else None,
+            "device_used_bytes": used,
+            "thread_counts": counts,
+        }
 
 
-def time_window(run: CellRun, round_index: int, rounds: int, progress: CellCallback | None = None) -> None:
-    """One timed window of ``run.count`` iterations, closed by a device synchronisation."""
-    if progress:
-        progress(run.cell, f"window {round_index + 1}/{rounds} ({run.count} it)")
-    torch.set_num_threads(run.loop.torch_threads)
-    engine_before = run.loop.engine_seconds
-    _synchronize(run.device)
-    window_start = time.perf_counter()
-    for _ in range(run.count):
-        tick = time.perf_counter()
-        run.loss = run.loop.step()
-        run.cell.iteration_seconds.append(time.perf_counter() - tick)
-    _synchronize(run.device)
-    run.windows.append(Window(run.count, time.perf_counter() - window_start, run.loop.engine_seconds - engine_before, round_index))
+def _device_free(device: str) -> int | None:
+    if not device.startswith("cuda"):
+        return None
+    free, _ = torch.cuda.mem_get_info()
+    return int(free)
 
 
-def finish_cell(run: CellRun) -> Cell:
-    """Median and spread over the windows, loop overhead, final loss (a non-finite loss fails the cell)."""
-    cell = run.cell
-    cell.final_loss = run.loss
-    if not math.isfinite(run.loss):
-        raise OnnxstyleError(f"loss became {run.loss} during the benchmark")
-    cell.windows = [asdict(window) for window in run.windows]
-    cell.stats = asdict(summarize([window.per_minute for window in run.windows]))
-    total = sum(window.seconds for window in run.windows)
-    cell.overhead = max(0.0, 1.0 - sum(window.engine_seconds for window in run.windows) / total)
-    cell.status = "ok"
-    return cell
-
-
-def measure_cell(cell: Cell, loop_factory: Callable[[], Loop], options: BenchOptions, device: str, progress: CellCallback | None = None) -> Cell:
-    """Set up, time the first iteration, warm up, then time ``options.runs`` windows back to back."""
-    run = start_cell(cell, loop_factory, options, device, progress)
-    for index in range(options.runs):
-        time_window(run, index, options.runs, progress)
-    return finish_cell(run)
+# ---------------------------------------------------------------- the parent: scheduling workers
 
 
 @dataclass
 class PendingCell:
-    """A cell that passed every skip rule: what builds its loop, and where it runs."""
+    """A cell that passed every skip rule: what its worker builds, and whether it runs the gradient check."""
 
     cell: Cell
     runner: Runner
-    loop_factory: Callable[[], Loop]
+    recipe: LoopRecipe
+    check: dict[str, Any] | None = None  # keyword arguments of check_gradient, run in this cell's worker
 
 
 CELL_ERRORS = (OnnxstyleError, RuntimeError, MemoryError)
+# Imported before a worker reports ready, so a cell's set-up time covers graphs, sessions and targets, not
+# Python imports that every runner pays alike.
+WORKER_PRELOAD = (
+    "torch", "onnxruntime", "onnxstyle.bench", "onnxstyle.engines.torch_engine", "onnxstyle.engines.onnxruntime_engine",
+    "onnxstyle.engines.eager", "onnxstyle.tiling",
+)
+# A fresh worker's RSS after WORKER_PRELOAD, measured at 257 MB on the project's machine (Intel Xeon, torch
+# 2.13, onnxruntime 1.31), rounded up; interleaved cells keep one worker each resident.
+WORKER_BASE_BYTES = 300 * 2**20
+
+
+def cell_recipe(
+    runner: Runner, spec: EngineSpec, width: int, height: int, threads: int, precision: str, tile: int | None, cuda_graph: bool
+) -> LoopRecipe:
+    """What a cell's worker builds: ``build_loop`` on the built-in image pair at the cell's size."""
+    kwargs = {"runner": runner, "spec": spec, "threads": threads, "precision": precision, "tile": tile, "cuda_graph": cuda_graph}
+    return LoopRecipe("onnxstyle.bench:build_loop", kwargs, (width, height))
+
+
+def worker_environment(runner: Runner, threads: int, extra: dict[str, str]) -> dict[str, str]:
+    """Process-global settings, fixed before the interpreter starts, then the user's ``--env``.
+
+    Libraries that read a thread count at load time get the pinned one; in an ONNX Runtime worker they get
+    one, as ORT's own pool owns the cores and torch runs only the optimiser step there. Measured in isolated
+    ORT workers on an Intel Xeon (3 runs each, NIN/VGG19 at 64 and 256 px): with ``OMP_NUM_THREADS=1`` the
+    median it/min was 0.4-3% above the default and ``OMP_WAIT_POLICY=PASSIVE``, in all four cells.
+    """
+    count = "1" if runner.engine == "onnxruntime" else str(threads)
+    environment = {"OMP_NUM_THREADS": count, "MKL_NUM_THREADS": count}
+    environment.update(extra)
+    return environment
+
+
+def open_worker(label: str, environment: dict[str, str], log_dir: Path, connect: bool = True) -> Any:
+    """A fresh worker process importing torch and onnxruntime (tests substitute in-process hosts)."""
+    from onnxstyle.workers import Worker
+
+    return Worker(label, log_dir=log_dir, environment=environment, preload=WORKER_PRELOAD, connect=connect)
+
+
+def open_cell_workers(group: Sequence[PendingCell], options: BenchOptions, log_dir: Path) -> list[Any]:
+    """Start every worker of a group at once; nothing is timed while their interpreters start and import."""
+    workers = []
+    for pending in group:
+        cell, runner = pending.cell, pending.runner
+        cell.environment = worker_environment(runner, cell.threads or default_threads(), options.environment)
+        label = f"{runner.label}-{cell.model}-{cell.width}x{cell.height}-{cell.precision}"
+        workers.append(open_worker(label, cell.environment, log_dir, connect=False))
+    return workers
 
 
 def _fail(cell: Cell, error: BaseException) -> None:
@@ -784,77 +934,179 @@ def _fail(cell: Cell, error: BaseException) -> None:
     cell.status, cell.reason = "failed", first_line(error)
 
 
-def _finish_figures(cell: Cell, runner: Runner, roofs: dict[str, GemmRate]) -> None:
-    assert cell.stats is not None and cell.gflop_per_iteration is not None
-    if runner.device == "cuda":
-        cell.device_peak_bytes = int(torch.cuda.max_memory_allocated())
-    cell.gflops = cell.gflop_per_iteration * cell.stats["median"] / 60.0
-    cell.roof_share = cell.gflops / roofs[runner.device].gflops
+def _deadline(options: BenchOptions, expected_seconds: float) -> float:
+    """How long a worker may take: generous against what the cell should take, never less than ``hang_seconds``."""
+    return options.hang_seconds + 20.0 * expected_seconds
 
 
-def run_sequential(pending: PendingCell, options: BenchOptions, roofs: dict[str, GemmRate], progress: CellCallback | None) -> None:
-    """One cell alone: set-up, warm-up and every window, while nothing else is resident."""
+class CellRun:
+    """A cell whose worker is set up and warmed up: the handle, the window length, the expected step time."""
+
+    def __init__(self, pending: PendingCell, worker: Any, count: int, seconds_per_iteration: float) -> None:
+        self.pending = pending
+        self.cell = pending.cell
+        self.worker = worker
+        self.count = count
+        self.seconds_per_iteration = seconds_per_iteration
+        self.loss = pending.cell.first_loss if pending.cell.first_loss is not None else math.nan
+
+
+def start_cell(
+    pending: PendingCell, worker: Any, options: BenchOptions, roofs: dict[str, GemmRate], progress: CellCallback | None = None
+) -> CellRun:
+    """Set the cell up in its started worker, time its first iteration apart, warm it up, and size its windows."""
     cell, runner = pending.cell, pending.runner
-    if runner.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    try:
-        with PeakMemory() as memory:
-            measure_cell(cell, pending.loop_factory, options, runner.device, progress)
-        cell.rss_before_bytes, cell.peak_rss_bytes = memory.before, memory.peak
-        _finish_figures(cell, runner, roofs)
-    except CELL_ERRORS as error:
-        _fail(cell, error)
+    say = progress or (lambda _cell, _text: None)
+    roof = roofs.get(runner.device)
+    expected = (cell.gflop_per_iteration or 0.0) / roof.gflops if roof else 60.0
+    say(cell, "setup")
+    worker.start("onnxstyle.bench:CellSession", _deadline(options, expected), recipe=pending.recipe, device=runner.device, threads=cell.threads or default_threads())
+    setup = worker.call("setup", _deadline(options, 2 * expected))
+    cell.setup_seconds, cell.engine = setup["setup_seconds"], setup["engine"]
+    cell.rss_before_bytes, cell.inputs_sha256 = setup["rss_before_bytes"], setup["inputs_sha256"]
+    cell.first_iteration_seconds, cell.first_loss = worker.call("first_iteration", _deadline(options, expected), stage="the first iteration")
+    per_iteration = cell.first_iteration_seconds
+    if options.warmup:
+        say(cell, f"warm-up ({options.warmup} it)")
+        warm = worker.call("warm_up", _deadline(options, options.warmup * max(expected, per_iteration)), stage="warm-up", count=options.warmup)
+        per_iteration = warm if warm is not None else per_iteration
+    cell.warmup = options.warmup
+    return CellRun(pending, worker, window_plan(options, per_iteration), per_iteration)
 
 
-def run_interleaved(
-    group: list[PendingCell], options: BenchOptions, roofs: dict[str, GemmRate], progress: CellCallback | None
+def time_window(run: CellRun, round_index: int, rounds: int, options: BenchOptions, others: Sequence[Any], progress: CellCallback | None) -> None:
+    """One timed window in the worker; the parent meanwhile adds up the CPU time of the bench's other processes."""
+    if progress:
+        progress(run.cell, f"window {round_index + 1}/{rounds} ({run.count} it)")
+    idle_before = time.process_time() + sum(worker.cpu_seconds() for worker in others)
+    timeout = _deadline(options, run.count * run.seconds_per_iteration)
+    window, steps, run.loss = run.worker.call("window", timeout, stage=f"window {round_index + 1}", count=run.count, round_index=round_index)
+    window.bench_cpu_seconds = max(0.0, time.process_time() + sum(worker.cpu_seconds() for worker in others) - idle_before)
+    if window.busy_seconds is not None and window.cpu_seconds is not None:
+        window.other_cpu_seconds = max(0.0, window.busy_seconds - window.cpu_seconds - window.bench_cpu_seconds)
+    run.cell.windows.append(asdict(window))
+    run.cell.iteration_seconds.extend(steps)
+
+
+def finish_cell(run: CellRun, roofs: dict[str, GemmRate]) -> None:
+    """Median and spread over the windows, the noise verdict, memory, threads, loop overhead and final loss."""
+    from onnxstyle.interference import noise_reasons
+
+    cell = run.cell
+    cell.final_loss = run.loss
+    used = run.worker.call("finish", 60.0)
+    cell.peak_rss_bytes, cell.device_peak_bytes = used["peak_rss_bytes"], used["device_peak_bytes"]
+    cell.device_used_bytes, cell.thread_counts = used["device_used_bytes"], used["thread_counts"]
+    if not math.isfinite(run.loss):
+        raise NumericalError(f"loss became {run.loss} during the benchmark")
+    rates = [60.0 * window["iterations"] / window["seconds"] for window in cell.windows]
+    cell.stats = asdict(summarize(rates))
+    total = sum(window["seconds"] for window in cell.windows)
+    cell.overhead = max(0.0, 1.0 - sum(window["engine_seconds"] for window in cell.windows) / total)
+    cell.noise = noise_reasons(cell.windows, rates)
+    cell.noisy = bool(cell.noise)
+    assert cell.gflop_per_iteration is not None
+    cell.gflops = cell.gflop_per_iteration * cell.stats["median"] / 60.0
+    roof = roofs.get(run.pending.runner.device)
+    cell.roof_share = cell.gflops / roof.gflops if roof else None
+    cell.status = "ok"
+
+
+def run_group(
+    group: list[PendingCell],
+    options: BenchOptions,
+    roofs: dict[str, GemmRate],
+    log_dir: Path,
+    progress: CellCallback | None = None,
+    checks: dict[tuple[str, str, str], dict[str, Any]] | None = None,
 ) -> None:
-    """Every cell of one size set up and warmed up, then their windows taken in rounds (ABC, BCA, CAB, …).
+    """Cells measured together, each in its own worker: all set up and warmed up, then their windows taken in
+    rounds (ABC, BCA, CAB, …); a group of one is a cell measured alone.
 
-    On a shared machine the load drifts by tens of percent within a minute; a ratio between runners is
-    only worth quoting when both were timed under the same load, so each round times one window of
-    every runner, and the report pairs windows by round. Peak RSS per cell is the process's RSS before
-    the group plus that cell's own growth during its set-up and warm-up (the others stay resident).
-    GPU peak memory is the group's, as CUDA's allocator does not attribute it per cell.
+    On a shared machine the load drifts by tens of percent within a minute; a ratio between runners is only
+    worth quoting when both were timed under the same load, so each round times one window of every runner,
+    and the report pairs windows by round. Only one worker computes at a time; the others wait idle, and
+    whatever CPU they still use during another's window is counted against that window. A failing, crashing
+    or hanging worker fails its own cell only. Ctrl-C kills every worker of the group and propagates.
     """
-    baseline = PeakMemory().before
-    if any(pending.runner.device == "cuda" for pending in group):
-        torch.cuda.reset_peak_memory_stats()
-    runs: list[tuple[CellRun, Runner]] = []
-    for pending in group:
-        try:
-            with PeakMemory() as memory:
-                run = start_cell(pending.cell, pending.loop_factory, options, pending.runner.device, progress)
-            pending.cell.rss_before_bytes = baseline
-            pending.cell.peak_rss_bytes = baseline + memory.peak - memory.before
-            pending.cell.interleaved = True
-            runs.append((run, pending.runner))
-        except CELL_ERRORS as error:
-            _fail(pending.cell, error)
-    for round_index in range(options.runs):
-        if not runs:
-            break
-        shift = round_index % len(runs)
-        for run, runner in runs[shift:] + runs[:shift]:
+    runs: list[CellRun] = []
+    if progress:
+        progress(group[0].cell, "starting workers")
+    workers = open_cell_workers(group, options, log_dir)
+    try:
+        started = []
+        for pending, worker in zip(group, workers, strict=True):
             try:
-                time_window(run, round_index, options.runs, progress)
+                worker.connect()
+                started.append((pending, worker))
+            except CELL_ERRORS as error:
+                _fail(pending.cell, error)
+        for pending, worker in started:
+            try:
+                runs.append(start_cell(pending, worker, options, roofs, progress))
+                pending.cell.interleaved = len(group) > 1
+            except CELL_ERRORS as error:
+                _fail(pending.cell, error)
+                worker.kill()
+        for round_index in range(options.runs):
+            live = [run for run in runs if run.cell.status == "pending"]
+            if not live:
+                break
+            shift = round_index % len(live)
+            for run in live[shift:] + live[:shift]:
+                try:
+                    others = [other.worker for other in runs if other is not run and other.worker.alive]
+                    time_window(run, round_index, options.runs, options, others, progress)
+                except CELL_ERRORS as error:
+                    _fail(run.cell, error)
+                    run.worker.kill()
+        for run in runs:
+            if run.cell.status != "pending":
+                continue
+            try:
+                finish_cell(run, roofs)
+                if run.pending.check is not None and checks is not None:
+                    key = (run.cell.runner, run.cell.model, run.cell.precision)
+                    if progress:
+                        progress(run.cell, "gradient check")
+                    try:
+                        checks[key] = run.worker.run("onnxstyle.bench:check_gradient", _deadline(options, 60.0), **run.pending.check)
+                    except CELL_ERRORS as error:
+                        from onnxstyle.providers import first_line
+
+                        checks[key] = {"ok": False, "error": first_line(error)}
+                    run.cell.check = checks[key]
             except CELL_ERRORS as error:
                 _fail(run.cell, error)
-                runs.remove((run, runner))
-    for run, runner in runs:
-        try:
-            finish_cell(run)
-            _finish_figures(run.cell, runner, roofs)
-        except CELL_ERRORS as error:
-            _fail(run.cell, error)
+    except BaseException:
+        for worker in workers:
+            worker.kill()
+        raise
+    finally:
+        for worker in workers:
+            worker.close()
 
 
 def interleavable(group: Sequence[PendingCell], options: BenchOptions) -> bool:
-    """Interleave only untiled cells that fit in half the free memory together: all of them stay resident."""
+    """Interleave only untiled cells that fit in half the free memory together: all their workers stay resident."""
     if not options.interleave or len(group) < 2 or any(pending.cell.tile for pending in group):
         return False
-    needed = sum(pending.cell.estimate_bytes or 0 for pending in group)
+    needed = sum((pending.cell.estimate_bytes or 0) + WORKER_BASE_BYTES for pending in group)
     return needed <= 0.5 * min(free_bytes(pending.runner) for pending in group)
+
+
+def measure_roofs(devices: Sequence[str], threads: int, options: BenchOptions, log_dir: Path) -> dict[str, GemmRate]:
+    """The fp32 GEMM roof of each device, each in a worker of its own (one that fails leaves its roof out)."""
+    roofs: dict[str, GemmRate] = {}
+    for device in devices:
+        worker = open_worker(f"gemm-{device}", worker_environment(Runner("torch", device), threads, options.environment), log_dir)
+        try:
+            roofs[device] = worker.run("onnxstyle.bench:measure_gemm", _deadline(options, 10.0), device=device, threads=threads)
+        except CELL_ERRORS:
+            pass
+        finally:
+            worker.close()
+    return roofs
 
 
 def run_bench(
@@ -863,8 +1115,10 @@ def run_bench(
     on_cell: Callable[[Cell], None] | None = None,
 ) -> tuple[list[Cell], dict[str, GemmRate], bool]:
     """Measure every cell; returns (cells, GEMM roofs by device, interrupted?). Ctrl-C keeps finished cells."""
+    import shutil
+    import tempfile
+
     threads = options.threads or default_threads()
-    torch.set_num_threads(threads)
     roofs: dict[str, GemmRate] = {}
     cells: list[Cell] = []
     interrupted = False
@@ -877,7 +1131,7 @@ def run_bench(
                     cells.append(Cell(runner.label, model.name, width, height, precision, status="skipped", reason=reason))
 
     def prepare(runner: Runner, model: BackboneSpec, width: int, height: int, precision: str) -> PendingCell | None:
-        """The cell, unless a skip rule applies (then it is finished here); runs its gradient check once per runner."""
+        """The cell, unless a skip rule applies (then it is finished here)."""
         cell = Cell(runner.label, model.name, width, height, precision, threads=threads)
         cells.append(cell)
         if model.name not in resolved:
@@ -887,52 +1141,34 @@ def run_bench(
         layers = spec.layers
         minimum = model.min_size(layers)
         if min(width, height) < minimum:
-            cell.status, cell.reason = "skipped", f"smaller than {model.name}'s minimum {minimum}x{minimum}"
-            _notify(on_cell, cell)
-            return None
-        release_memory()
+            return _skip(cell, f"smaller than {model.name}'s minimum {minimum}x{minimum}", on_cell)
         cell.estimate_bytes = estimate_bytes(runner, model, layers, width, height)
         available = free_bytes(runner)
         try:
             cell.tile = cell_tile(runner, spec, width, height, options.tile, available)
         except UsageError as error:
-            cell.status, cell.reason = "skipped", str(error)
-            _notify(on_cell, cell)
-            return None
+            return _skip(cell, str(error), on_cell)
         if cell.tile:
             from onnxstyle.tiling import TilePlan
 
             rows, cols = TilePlan.create(model, layers, height, width, cell.tile).largest_tile
             cell.estimate_bytes = estimate_bytes(runner, model, layers, cols, rows)
         elif cell.estimate_bytes > 0.9 * available:
-            cell.status = "skipped"
-            cell.reason = f"needs ≈{cell.estimate_bytes / 2**30:.1f} GB, {available / 2**30:.1f} GB free"
-            _notify(on_cell, cell)
-            return None
+            return _skip(cell, f"needs ≈{cell.estimate_bytes / 2**30:.1f} GB, {available / 2**30:.1f} GB free", on_cell)
         unsupported = precision_support(runner, precision)
         if unsupported:
-            cell.status, cell.reason = "skipped", unsupported
-            _notify(on_cell, cell)
-            return None
+            return _skip(cell, unsupported, on_cell)
         cell.gflop_per_iteration = iteration_flops(model, spec.content_layers, spec.style_layers, width, height) / 1e9
-        check_key = (runner.label, model.name, precision)
-        try:
-            if options.check and check_key not in checks:
-                if progress:
-                    progress(cell, "gradient check")
-                checks[check_key] = check_gradient(runner, spec, threads, precision)
-        except CELL_ERRORS as error:
-            _fail(cell, error)
-            _notify(on_cell, cell)
-            return None
-        cell.check = checks.get(check_key)
         cell.cuda_graph = options.cuda_graph and takes_cuda_graph(runner)
-        loop = partial(build_loop, runner, spec, width, height, threads, precision, cell.tile, cell.cuda_graph)
-        return PendingCell(cell, runner, loop)
+        recipe = cell_recipe(runner, spec, width, height, threads, precision, cell.tile, cell.cuda_graph)
+        check = None
+        if options.check and (runner.label, model.name, precision) not in checks:
+            check = {"runner": runner, "spec": spec, "threads": threads, "precision": precision}
+        return PendingCell(cell, runner, recipe, check)
 
+    log_dir = Path(tempfile.mkdtemp(prefix="onnxstyle-workers-"))
     try:
-        for device in sorted({runner.device for runner in options.runners}):
-            roofs[device] = measure_gemm(device)
+        roofs.update(measure_roofs(sorted({runner.device for runner in options.runners}), threads, options, log_dir))
         # Runners of one model and size are measured together (interleaved where they fit), so a ratio
         # between them (×eager) is taken under the same load, not across the whole run while it drifts.
         for model in options.models:
@@ -943,22 +1179,28 @@ def run_bench(
                     for runner in options.runners
                     if (pending := prepare(runner, model, width, height, precision)) is not None
                 ]
-                if interleavable(group, options):
-                    run_interleaved(group, options, roofs, progress)
-                    for pending in group:
+                batches = [group] if interleavable(group, options) else [[pending] for pending in group]
+                for batch in batches:
+                    run_group(batch, options, roofs, log_dir, progress, checks)
+                    for pending in batch:
+                        if pending.cell.check is None:
+                            pending.cell.check = checks.get((pending.cell.runner, pending.cell.model, pending.cell.precision))
                         _notify(on_cell, pending.cell)
-                else:
-                    for pending in group:
-                        run_sequential(pending, options, roofs, progress)
-                        _notify(on_cell, pending.cell)
-                del group
-                release_memory()
     except KeyboardInterrupt:
         interrupted = True
         for cell in cells:
             if cell.status == "pending":
                 cell.status, cell.reason = "interrupted", "Ctrl-C before this cell finished"
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
     return cells, roofs, interrupted
+
+
+def _skip(cell: Cell, reason: str, on_cell: Callable[[Cell], None] | None) -> PendingCell | None:
+    """Finish ``cell`` as skipped; returns None, which ``prepare`` hands back as 'nothing to run'."""
+    cell.status, cell.reason = "skipped", reason
+    _notify(on_cell, cell)
+    return None
 
 
 def _notify(callback: Callable[[Cell], None] | None, cell: Cell) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -234,11 +236,14 @@ def bench(
     tile: Annotated[Optional[int], typer.Option(help="Tile core edge (px) for our engines; 0 never tiles. Default: tile cells that would not fit.")] = None,
     cuda_graph: Annotated[bool, typer.Option(help="ONNX Runtime runners on cuda/tensorrt capture each cell's run as a CUDA graph.")] = False,
     interleave: Annotated[bool, typer.Option("--interleave/--sequential", help="Alternate the timed windows of a size's runners (ratios under the same load) where they fit in memory together, or run cells one after another.")] = True,
+    env: Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE set in every worker process before it starts (repeatable), e.g. OMP_WAIT_POLICY=PASSIVE; recorded in the report.")] = None,
 ) -> None:
     """Iterations per minute by runner × model × size, beside the 2016 study; writes reports."""
     import time
 
-    from onnxstyle.bench import BenchOptions, Cell, check_precisions, parse_models, parse_precisions, parse_sizes, run_bench, select_runners
+    from onnxstyle.bench import (
+        BenchOptions, Cell, check_precisions, parse_environment, parse_models, parse_precisions, parse_sizes, run_bench, select_runners,
+    )
     from onnxstyle.errors import UsageError
     from onnxstyle.report import check_directory, new_report, write_report
     from onnxstyle.weights import resolve
@@ -263,15 +268,16 @@ def bench(
     options = BenchOptions(
         runners=runners, models=models, sizes=size_list, precisions=precisions, duration=None if iterations else duration,
         iterations=iterations, runs=runs, warmup=warmup, threads=threads, weights=weights, check=check, skipped=skipped,
-        tile=tile, cuda_graph=cuda_graph, interleave=interleave,
+        tile=tile, cuda_graph=cuda_graph, interleave=interleave, environment=parse_environment(env or []),
     )
     labels = {spec.name: resolve(weights, spec).label for spec in models}
     if any("timing only" in label for label in labels.values()):
         err.print("[yellow]weights: synthetic — timing only (speed is what is measured; images are not meaningful)[/]")
     total = len(runners) * len(models) * len(size_list) * len(precisions)
+    # The bar redraws twice a second, not ten times: the parent's CPU time is counted against every window.
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} cells"),
-        TextColumn("{task.fields[state]}"), TimeElapsedColumn(), console=err,
+        TextColumn("{task.fields[state]}"), TimeElapsedColumn(), console=err, refresh_per_second=2,
     )
     task = progress.add_task("bench", total=total, state="measuring the fp32 GEMM roof")
 
@@ -281,16 +287,19 @@ def bench(
     def on_cell(cell: Cell) -> None:
         progress.advance(task)
         figure = f"{cell.stats['median']:,.1f} it/min" if cell.stats else f"{cell.status}: {cell.reason}"
+        if cell.noisy:
+            figure += f"  [noisy: {'; '.join(reason['text'] for reason in cell.noise)}]"
         progress.console.print(f"  {cell.model:6} {cell.runner:14} {cell.precision:5} {cell.width}x{cell.height:<5} {figure}", highlight=False)
 
-    with progress:
+    with progress, _sigterm_as_interrupt():
         cells, roofs, interrupted = run_bench(options, progress=on_progress, on_cell=on_cell)
     report = new_report(cells, options.as_dict(), roofs, labels, ["onnxstyle", *sys.argv[1:]], interrupted)
     stem = name or time.strftime("bench-%Y%m%d-%H%M%S")
     paths = write_report(report, out_dir, stem)
-    _show(report)
+    _show(report, verdict=False)
     for kind, path in paths.items():
         out.print(f"{kind:4} {path}", highlight=False)
+    _verdict(report)
     if interrupted:
         raise typer.Exit(130)
 
@@ -340,7 +349,7 @@ def profile(
     out.print(nodes)
 
 
-def _show(report: object) -> None:
+def _show(report: object, verdict: bool = True) -> None:
     from onnxstyle.report import Report, detail_table, speed_table, system_lines
 
     assert isinstance(report, Report)
@@ -350,6 +359,34 @@ def _show(report: object) -> None:
         out.print("[yellow]interrupted: unfinished cells are marked[/]")
     out.print(speed_table(report))
     out.print(detail_table(report))
+    if verdict:
+        _verdict(report)
+
+
+def _verdict(report: object) -> None:
+    """The noisy cells with their reasons, then the one line that says whether the numbers can be trusted."""
+    from onnxstyle.report import Report, noise_lines, trusted
+
+    assert isinstance(report, Report)
+    *noisy, line = noise_lines(report)
+    for text in noisy:
+        out.print(text, style="yellow", highlight=False, markup=False)
+    out.print(line, style="green" if trusted(report) else "bold red", highlight=False, markup=False)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a CI timeout, ``kill``) stops a run the way Ctrl-C does: what was measured is kept and written."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @report_app.command("show")

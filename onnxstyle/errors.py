@@ -55,3 +55,9 @@ class NumericalError(OnnxstyleError):
     """The loss became NaN or Inf."""
 
     exit_code = 9
+
+
+class WorkerError(OnnxstyleError):
+    """A worker process crashed, hung, ran out of memory or raised: its cell fails, the run goes on."""
+
+    exit_code = 11

@@ -23,7 +23,7 @@ from onnxstyle.bench import Cell, GemmRate
 from onnxstyle.errors import OnnxstyleError, OutputError
 
 SCHEMA = "onnxstyle.bench"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runners in worker processes; per-window CPU accounting, noise verdicts, thread counts
 
 # The 2016 study's iterations per minute (REFERENCE §1): Chainer, square images; None = core dump.
 STUDY_2016: dict[tuple[str, str], dict[int, float | None]] = {
@@ -67,6 +67,7 @@ class Report:
             "system": self.system,
             "gemm": self.gemm,
             "weights": self.weights,
+            "verdict": {"trusted": trusted(self), "line": trust_line(self)},
             "cells": [asdict(cell) for cell in self.cells],
         }
 
@@ -215,7 +216,53 @@ def rate_text(cell: Cell | None) -> str:
         return "–"
     if cell.status != "ok" or cell.stats is None:
         return f"{cell.status}: {cell.reason}" if cell.reason else cell.status
-    return f"{cell.stats['median']:,.1f} ±{100 * _spread(cell):.0f}%"
+    return f"{cell.stats['median']:,.1f} ±{100 * _spread(cell):.0f}%" + (" noisy" if cell.noisy else "")
+
+
+def cpus_used(cell: Cell) -> float | None:
+    """Median over the windows of the worker's CPU time per wall second: the cores it actually got."""
+    shares = [window["cpu_seconds"] / window["seconds"] for window in cell.windows if window.get("cpu_seconds") is not None and window["seconds"]]
+    return statistics.median(shares) if shares else None
+
+
+def threads_text(cell: Cell) -> str:
+    """The threads each library ran with in the cell's worker, e.g. ``ort 2 · torch 1``."""
+    counts = cell.thread_counts
+    if not counts:
+        return "–"
+    parts = [f"ort {counts['onnxruntime_intra_op']}"] if counts.get("onnxruntime_intra_op") is not None else []
+    parts.append(f"torch {counts.get('torch', '?')}")
+    return " · ".join(parts)
+
+
+def noise_text(cell: Cell) -> str:
+    return "; ".join(reason["text"] for reason in cell.noise)
+
+
+def noisy_cells(report: Report) -> list[Cell]:
+    return [cell for cell in report.measured() if cell.noisy]
+
+
+def trusted(report: Report) -> bool:
+    """Every measured cell quiet, nothing interrupted, and at least one cell measured."""
+    return bool(report.measured()) and not noisy_cells(report) and not report.interrupted
+
+
+def trust_line(report: Report) -> str:
+    """The run's closing verdict in one line: can its numbers be trusted, and if not, why not."""
+    measured, noisy = report.measured(), noisy_cells(report)
+    if not measured:
+        return "no cell was measured: nothing to trust"
+    if noisy:
+        shared = sum(1 for cell in noisy if any(reason["kind"] != "spread" for reason in cell.noise))
+        spread = sum(1 for cell in noisy if any(reason["kind"] == "spread" for reason in cell.noise))
+        return (
+            f"NOT TRUSTED: {len(noisy)} of {len(measured)} measured cells are noisy ({shared} shared the CPUs with "
+            f"other work, {spread} spread over 10%); rerun on a quiet machine"
+        )
+    if report.interrupted:
+        return f"partly trusted: the {len(measured)} measured cells were quiet, but the run was interrupted"
+    return f"trusted: all {len(measured)} measured cells ran on a quiet machine (windows within 10%, no other busy process)"
 
 
 def _spread(cell: Cell) -> float:
@@ -266,7 +313,7 @@ def speed_table(report: Report) -> Table:
 
 DETAIL_COLUMNS = (
     "model", "runner", "prec.", "size", "it/min", "min–max", "µs/px", "×eager", "×fp32", "GFLOP/s", "roof",
-    "RSS GB", "setup s", "1st it s", "overhead", "grad err",
+    "RSS GB", "setup s", "1st it s", "overhead", "threads", "CPUs", "grad err",
 )
 
 
@@ -283,8 +330,7 @@ def detail_rows(report: Report) -> list[list[str]]:
             rows.append([cell.model, cell.runner, cell.precision, _cell_size(cell), rate_text(cell), *["–"] * (len(DETAIL_COLUMNS) - 5)])
             continue
         ratio = speedup(report, cell)
-        check = cell.check or {}
-        check_text = "–" if not check else f"{check.get('grad_error', float('nan')):.0e}" + ("" if check.get("ok") else " FAIL")
+        check_text = _check_text(cell.check)
         rows.append([
             cell.model,
             cell.runner,
@@ -301,9 +347,25 @@ def detail_rows(report: Report) -> list[list[str]]:
             "–" if cell.setup_seconds is None else f"{cell.setup_seconds:.2f}",
             "–" if cell.first_iteration_seconds is None else f"{cell.first_iteration_seconds:.3f}",
             "–" if cell.overhead is None else f"{100 * cell.overhead:.1f}%",
+            threads_text(cell),
+            "–" if (used := cpus_used(cell)) is None else f"{used:.2f}",
             check_text,
         ])
     return rows
+
+
+def _check_text(check: dict[str, Any] | None) -> str:
+    if not check:
+        return "–"
+    if "error" in check:
+        return "FAIL: " + str(check["error"])
+    return f"{check.get('grad_error', float('nan')):.0e}" + ("" if check.get("ok") else " FAIL")
+
+
+def noise_lines(report: Report) -> list[str]:
+    """One line per noisy cell with its reasons, then the verdict."""
+    lines = [f"noisy: {cell.model} {cell.runner} {cell.precision} {_cell_size(cell)}: {noise_text(cell)}" for cell in noisy_cells(report)]
+    return [*lines, trust_line(report)]
 
 
 def detail_table(report: Report) -> Table:
@@ -339,9 +401,11 @@ def _method(options: dict[str, Any]) -> str:
         return "–"
     amount = f"{options.get('iterations')} it/window" if options.get("iterations") else f"≈{options.get('duration')} s over the windows"
     order = "windows interleaved across the runners of each size (×eager pairs them by round)" if options.get("interleave") else "cells one after another"
+    isolation = f"; {options['isolation']}" if options.get("isolation") else "; runners sharing one process"
+    environment = "".join(f"; {key}={value}" for key, value in (options.get("environment") or {}).items())
     return (
         f"{options.get('optimizer', 'adam')} steps; setup and first iteration apart; {options.get('warmup')} warm-up; "
-        f"{options.get('runs')} windows, {amount}; {order}; threads {options.get('threads') or 'all'}"
+        f"{options.get('runs')} windows, {amount}; {order}; threads {options.get('threads') or 'all'}{isolation}{environment}"
     )
 
 
@@ -352,7 +416,7 @@ CSV_COLUMNS = (
     "model", "runner", "precision", "width", "height", "status", "reason", "median_it_per_min", "q1", "q3", "min", "max",
     "windows", "iterations", "speedup_vs_eager", "speedup_vs_fp32", "gflop_per_iteration", "gflops", "roof_share", "peak_rss_bytes",
     "device_peak_bytes", "estimate_bytes", "setup_seconds", "first_iteration_seconds", "overhead", "grad_error", "final_loss",
-    "provider_effective", "threads", "weights",
+    "provider_effective", "threads", "weights", "noisy", "noise", "cpus_used", "torch_threads", "onnxruntime_threads",
 )
 
 
@@ -371,6 +435,8 @@ def to_csv(report: Report) -> str:
             _blank(cell.device_peak_bytes), _blank(cell.estimate_bytes), _blank(cell.setup_seconds), _blank(cell.first_iteration_seconds),
             _blank(cell.overhead), "" if not cell.check else cell.check.get("grad_error", ""), _blank(cell.final_loss),
             cell.engine.get("provider_effective", cell.engine.get("device", "")), _blank(cell.threads), cell.weights,
+            cell.noisy, noise_text(cell), _blank(cpus_used(cell)), _blank(cell.thread_counts.get("torch")),
+            _blank(cell.thread_counts.get("onnxruntime_intra_op")),
         ])
     return buffer.getvalue()
 
@@ -394,6 +460,7 @@ def to_markdown(report: Report) -> str:
     lines += [f"- {line}" for line in system_lines(report)]
     if report.interrupted:
         lines.append("- **interrupted**: cells not finished are marked so")
+    lines += [f"- {line}" for line in noise_lines(report)]
     lines += ["", f"## {speed.title}", ""]
     lines += _markdown_table([_plain(str(column.header)) for column in speed.columns], [[_plain(str(cell)) for cell in row] for row in _table_rows(speed)])
     lines += ["", "## per cell", ""]
@@ -405,7 +472,10 @@ def to_markdown(report: Report) -> str:
         "matrix-multiply rate measured at the start of the run. Loop overhead: share of an iteration outside "
         "loss+gradient (optimiser step, copies, Python). Grad check: relative error of the gradient against torch "
         "autograd in fp32 at 64 px, for each runner and precision. Roof shares of reduced-precision cells are "
-        "still against the fp32 rate.",
+        "still against the fp32 rate. Every runner ran in a worker process of its own; threads: what torch and ONNX "
+        "Runtime ran with there; CPUs: the worker's CPU time per wall second (median over windows), the cores it "
+        "actually got. A cell is noisy when its windows spread more than 10% (IQR/median) or when other processes, "
+        "the bench's idle ones or the hypervisor took CPU time during a window.",
         "",
     ]
     return "\n".join(lines)
@@ -510,7 +580,7 @@ def machine_differences(reports: list[Report]) -> list[list[str]]:
         values = [f"{report.gemm[device]['gflops']:,.0f}" if device in report.gemm else "–" for report in reports]
         if len(set(values)) > 1:
             rows.append([f"fp32 GEMM GFLOP/s ({device})", *values])
-    for key in ("threads", "weights", "runs", "warmup"):
+    for key in ("threads", "weights", "runs", "warmup", "isolation", "environment"):
         values = [str(report.options.get(key, "–")) for report in reports]
         if len(set(values)) > 1:
             rows.append([f"option {key}", *values])

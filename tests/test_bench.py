@@ -15,7 +15,6 @@ from onnxstyle.bench import (
     engine_spec,
     forward_flops,
     iteration_flops,
-    measure_cell,
     parse_models,
     parse_precisions,
     parse_runner,
@@ -25,8 +24,10 @@ from onnxstyle.bench import (
     summarize,
     window_plan,
 )
-from onnxstyle.errors import ProviderError, UsageError
+from onnxstyle.errors import ProviderError, UsageError, WorkerError
 from onnxstyle.weights import resolve
+
+import fake_loops
 
 
 def test_summarize_median_quartiles_and_spread():
@@ -117,96 +118,94 @@ def test_window_plan_fills_the_duration_or_uses_fixed_iterations():
     assert window_plan(BenchOptions([], [], [], iterations=7), 0.1) == 7
 
 
-class FakeLoop:
-    """Each step 'costs' a fixed engine time plus a fixed loop overhead, on a fake clock."""
+class InProcessHost:
+    """The worker interface without a process: the scheduling tests run CellSession here, on a fake clock."""
 
-    def __init__(self, clock, engine_time=0.009, overhead=0.001):
-        self.clock, self.engine_time, self.overhead = clock, engine_time, overhead
-        self.engine_seconds = 0.0
-        self.torch_threads = 1
-        self.steps = 0
+    def __init__(self, label, environment, log_dir, connect=True):
+        self.label, self.alive, self.hosted = label, True, None
+        self.environment = environment
 
-    def step(self):
-        self.clock.now += self.engine_time + self.overhead
-        self.engine_seconds += self.engine_time
-        self.steps += 1
-        return 1.0 / self.steps
+    def connect(self):
+        pass
 
-    def describe(self):
-        return {"engine": "fake"}
+    def start(self, factory, timeout, **kwargs):
+        from onnxstyle.workers import _resolve
+
+        self.hosted = _resolve(factory)(**kwargs)
+
+    def call(self, method, timeout, *, stage=None, **kwargs):
+        try:
+            return getattr(self.hosted, method)(**kwargs)
+        except Exception as error:
+            raise WorkerError(f"{type(error).__name__}: {error}") from None
+
+    def run(self, function, timeout, **kwargs):
+        from onnxstyle.workers import _resolve
+
+        return _resolve(function)(**kwargs)
+
+    def cpu_seconds(self):
+        return 0.0
+
+    def close(self):
+        self.alive = False
+
+    kill = close
 
 
-class Clock:
-    now = 0.0
+@pytest.fixture
+def in_process(monkeypatch):
+    """Cells hosted in this process on fake_loops.CLOCK; torch's thread count restored afterwards."""
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(bench, "open_worker", InProcessHost)
+    monkeypatch.setattr(bench.time, "perf_counter", fake_loops.CLOCK)
+    fake_loops.ORDER.clear()
+    yield fake_loops.CLOCK
+    torch.set_num_threads(threads)
 
-    def __call__(self):
-        return self.now
+
+def pending_fake(name, runner=Runner("torch", "cpu"), **loop):
+    recipe = bench.LoopRecipe("fake_loops:fake_loop", {"name": name, **loop})
+    return bench.PendingCell(Cell(name, "vgg19", 64, 64, threads=1, gflop_per_iteration=1.0, estimate_bytes=2**20), runner, recipe)
 
 
-def test_measure_cell_times_setup_first_iteration_warmup_and_windows(monkeypatch):
-    clock = Clock()
-    monkeypatch.setattr(bench.time, "perf_counter", clock)
-    loops = []
+ROOFS = {"cpu": bench.GemmRate("cpu", 8, 1, [1.0])}
 
-    def factory():
-        clock.now += 2.5
-        loops.append(FakeLoop(clock))
-        return loops[-1]
 
-    cell = Cell("fake-cpu", "vgg19", 64, 64)
-    measure_cell(cell, factory, BenchOptions([], [], [], iterations=4, runs=3, warmup=2), "cpu")
-    assert cell.status == "ok"
+def test_a_cell_times_setup_first_iteration_warmup_and_windows(in_process, tmp_path):
+    pending = pending_fake("a", setup_time=2.5)
+    bench.run_group([pending], BenchOptions([], [], [], iterations=4, runs=3, warmup=2), ROOFS, tmp_path)
+    cell = pending.cell
+    assert cell.status == "ok" and not cell.interleaved
     assert cell.setup_seconds == pytest.approx(2.5)
     assert cell.first_iteration_seconds == pytest.approx(0.01)
-    assert loops[0].steps == 1 + 2 + 3 * 4
+    assert len(fake_loops.ORDER) == 1 + 2 + 3 * 4
     assert len(cell.windows) == 3 and len(cell.iteration_seconds) == 12
     assert cell.stats["median"] == pytest.approx(6000.0)
     assert cell.overhead == pytest.approx(0.1)
     assert cell.final_loss == pytest.approx(1 / 15)
+    assert cell.peak_rss_bytes >= cell.rss_before_bytes > 0
+    assert cell.thread_counts["torch"] == 1 and cell.environment["OMP_NUM_THREADS"] == "1"
+    window = cell.windows[0]
+    assert min(window["cpu_seconds"], window["other_cpu_seconds"], window["bench_cpu_seconds"], window["busy_seconds"]) >= 0
 
 
-def test_interleaved_cells_rotate_their_windows_round_by_round(monkeypatch):
-    clock = Clock()
-    monkeypatch.setattr(bench.time, "perf_counter", clock)
-    order = []
-
-    class Recording(FakeLoop):
-        def __init__(self, name, **kwargs):
-            super().__init__(clock, **kwargs)
-            self.name = name
-            self.torch_threads = 1 if name == "b" else 2  # as an ORT CPU engine set up later would leave it
-
-        def step(self):
-            order.append(self.name)
-            if self.steps:  # warm-up and windows run with the thread count this loop was set up with
-                assert torch.get_num_threads() == self.torch_threads
-            return super().step()
-
-    monkeypatch.setattr(bench, "free_bytes", lambda runner: 2**40)
-    group = [
-        bench.PendingCell(Cell(name, "vgg19", 64, 64, estimate_bytes=2**20), Runner("torch", "cpu"), lambda name=name, cost=cost: Recording(name, engine_time=cost))
-        for name, cost in (("a", 0.009), ("b", 0.019), ("c", 0.004))
-    ]
+def test_interleaved_cells_rotate_their_windows_round_by_round(in_process, tmp_path, monkeypatch):
+    group = [pending_fake(name, engine_time=cost) for name, cost in (("a", 0.009), ("b", 0.019), ("c", 0.004))]
     options = BenchOptions([], [], [], iterations=2, runs=3, warmup=1)
+    monkeypatch.setattr(bench, "free_bytes", lambda runner: 2**40)
     assert bench.interleavable(group, options)
-    roofs = {"cpu": bench.GemmRate("cpu", 8, 1, [1.0])}
-    for pending in group:
-        pending.cell.gflop_per_iteration = 1.0
-    threads = torch.get_num_threads()
-    try:
-        bench.run_interleaved(group, options, roofs, None)
-    finally:
-        torch.set_num_threads(threads)
-    # set-up and warm-up one after another, then windows of two iterations in rounds abc, bca, cab
-    assert "".join(order) == "aabbcc" + "aabbcc" + "bbccaa" + "ccaabb"
+    bench.run_group(group, options, ROOFS, tmp_path)
+    # set-up and warm-up one worker after another, then windows of two iterations in rounds abc, bca, cab
+    assert "".join(fake_loops.ORDER) == "aabbcc" + "aabbcc" + "bbccaa" + "ccaabb"
     for pending in group:
         cell = pending.cell
         assert cell.status == "ok" and cell.interleaved
         assert [window["round"] for window in cell.windows] == [0, 1, 2]
-        assert cell.peak_rss_bytes >= cell.rss_before_bytes
     assert group[1].cell.median == pytest.approx(60 / 0.020)
-    # Cells that would not fit together, tiled cells, lone cells and --sequential run one after another.
-    monkeypatch.setattr(bench, "free_bytes", lambda runner: 5 * 2**20)
+    # Cells that would not fit together (each worker stays resident), tiled cells, lone cells and --sequential
+    # run one after another.
+    monkeypatch.setattr(bench, "free_bytes", lambda runner: 3 * bench.WORKER_BASE_BYTES)
     assert not bench.interleavable(group, options)
     monkeypatch.setattr(bench, "free_bytes", lambda runner: 2**40)
     assert not bench.interleavable(group[:1], options)
@@ -214,30 +213,38 @@ def test_interleaved_cells_rotate_their_windows_round_by_round(monkeypatch):
     assert not bench.interleavable(group, options)
 
 
-def test_a_failing_interleaved_cell_leaves_the_others_measured(monkeypatch):
-    class Failing(FakeLoop):
-        def step(self):
-            if self.steps == 2:
-                raise bench.OnnxstyleError("fp16 gradient overflowed (loss scale 1024); use bf16 or fp32")
-            return super().step()
+def test_a_failing_interleaved_cell_leaves_the_others_measured(in_process, tmp_path):
+    good = pending_fake("good")
+    bad = bench.PendingCell(Cell("bad", "nin", 64, 64, gflop_per_iteration=1.0), Runner("torch", "cpu"), bench.LoopRecipe("fake_loops:faulty_loop", {"fault": "raise", "at": 3}))
+    bench.run_group([good, bad], BenchOptions([], [], [], iterations=2, runs=2, warmup=0), ROOFS, tmp_path)
+    assert good.cell.status == "ok" and len(good.cell.windows) == 2
+    assert bad.cell.status == "failed" and bad.cell.reason == "ValueError: the loop raised on purpose"
 
-    clock = Clock()
-    group = [
-        bench.PendingCell(Cell("good", "nin", 64, 64, gflop_per_iteration=1.0), Runner("torch", "cpu"), lambda: FakeLoop(clock)),
-        bench.PendingCell(Cell("bad", "nin", 64, 64, gflop_per_iteration=1.0), Runner("torch", "cpu"), lambda: Failing(clock)),
-    ]
-    bench.run_interleaved(group, BenchOptions([], [], [], iterations=2, runs=2, warmup=0), {"cpu": bench.GemmRate("cpu", 8, 1, [1.0])}, None)
-    good, bad = (pending.cell for pending in group)
-    assert good.status == "ok" and len(good.windows) == 2
-    assert bad.status == "failed" and bad.reason.startswith("fp16 gradient overflowed")
+
+def test_noise_verdict_names_spread_neighbours_and_steal():
+    from onnxstyle.interference import noise_reasons
+
+    quiet = [{"seconds": 1.0, "cpus": 2, "other_cpu_seconds": 0.02, "bench_cpu_seconds": 0.01, "steal_seconds": 0.0}] * 4
+    assert noise_reasons(quiet, [100.0, 101.0, 99.0, 100.5]) == []
+    assert noise_reasons(quiet[:1], [100.0]) == []
+    (spread,) = noise_reasons(quiet, [120.0, 80.0, 110.0, 90.0])
+    assert spread["kind"] == "spread" and spread["text"] == "windows spread 25% (IQR/median > 10%)"
+    hogged = [*quiet[:2], {"seconds": 2.0, "cpus": 2, "other_cpu_seconds": 1.9, "bench_cpu_seconds": 0.0, "steal_seconds": 0.3}]
+    kinds = {reason["kind"]: reason["text"] for reason in noise_reasons(hogged, [100.0, 100.0, 100.0])}
+    assert kinds["others"] == "other processes used 0.95 CPUs during window 3 (limit 0.25)"
+    assert kinds["steal"].startswith("the hypervisor stole 0.15 CPUs during window 3")
+    assert "spread" not in kinds and "bench" not in kinds
+    # 30-ms windows read in 10-ms ticks on two CPUs cannot tell 0.7 CPUs of neighbours from rounding
+    short = [{"seconds": 0.03, "cpus": 2, "other_cpu_seconds": 0.02, "bench_cpu_seconds": 0.0, "steal_seconds": 0.0}] * 2
+    assert noise_reasons(short, [100.0, 100.0]) == []
 
 
 def test_cells_that_would_not_fit_are_skipped_with_the_estimate(monkeypatch, tmp_path):
     monkeypatch.setattr(bench, "free_bytes", lambda runner: 1200 * 2**20)
-    monkeypatch.setattr(bench, "measure_gemm", lambda device: bench.GemmRate(device, 8, 1, [1.0]))
+    monkeypatch.setattr(bench, "measure_roofs", lambda *args: {})
     options = BenchOptions([Runner("onnxruntime", "cpu")], [get_backbone("vgg19")], [(64, 64), (2048, 2048)], weights="synthetic", check=False, iterations=1, runs=1, warmup=0, tile=0)
     cells, roofs, interrupted = run_bench(options)
-    assert not interrupted and "cpu" in roofs
+    assert not interrupted
     small, large = cells
     assert small.status == "ok" and small.median > 0
     assert large.status == "skipped"
@@ -249,7 +256,7 @@ def test_cells_that_would_not_fit_are_skipped_with_the_estimate(monkeypatch, tmp
 
 
 def test_cells_can_run_tiled_and_the_plain_loop_never_is(monkeypatch):
-    monkeypatch.setattr(bench, "measure_gemm", lambda device: bench.GemmRate(device, 8, 1, [1.0]))
+    monkeypatch.setattr(bench, "measure_roofs", lambda *args: {})
     options = BenchOptions([Runner("onnxruntime", "cpu"), Runner("eager", "cpu")], [get_backbone("nin")], [(512, 480)], weights="synthetic", check=False, iterations=1, runs=1, warmup=0, tile=224)
     ort_cell, eager_cell = run_bench(options)[0]
     assert ort_cell.status == "ok" and ort_cell.tile == 224 and ort_cell.engine["tiling"]["core"] == 224 and ort_cell.engine["tiling"]["exact"]
@@ -261,17 +268,17 @@ def test_cells_can_run_tiled_and_the_plain_loop_never_is(monkeypatch):
 
 
 def test_ctrl_c_keeps_finished_cells(monkeypatch):
-    monkeypatch.setattr(bench, "measure_gemm", lambda device: bench.GemmRate(device, 8, 1, [1.0]))
-    real = bench.measure_cell
+    monkeypatch.setattr(bench, "measure_roofs", lambda *args: {"cpu": bench.GemmRate("cpu", 8, 1, [1.0])})
+    real = bench.run_group
     calls = []
 
-    def interrupting(cell, *args, **kwargs):
-        calls.append(cell)
+    def interrupting(group, *args, **kwargs):
+        calls.append(group)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(cell, *args, **kwargs)
+        return real(group, *args, **kwargs)
 
-    monkeypatch.setattr(bench, "measure_cell", interrupting)
+    monkeypatch.setattr(bench, "run_group", interrupting)
     options = BenchOptions([Runner("onnxruntime", "cpu")], [get_backbone("nin")], [(64, 64), (96, 96), (128, 128)], weights="synthetic", check=False, iterations=1, runs=1, warmup=0)
     cells, _, interrupted = run_bench(options)
     assert interrupted
@@ -280,7 +287,7 @@ def test_ctrl_c_keeps_finished_cells(monkeypatch):
 
 
 def test_too_small_sizes_are_skipped_not_crashed(monkeypatch):
-    monkeypatch.setattr(bench, "measure_gemm", lambda device: bench.GemmRate(device, 8, 1, [1.0]))
+    monkeypatch.setattr(bench, "measure_roofs", lambda *args: {})
     options = BenchOptions([Runner("torch", "cpu")], [get_backbone("vgg19")], [(8, 8)], weights="synthetic", check=False, iterations=1, runs=1)
     (cell,), _, _ = run_bench(options)
     assert cell.status == "skipped" and "minimum" in cell.reason
@@ -296,9 +303,13 @@ def test_gradient_check_against_torch_autograd(runner):
 
 
 def test_gemm_roof_is_the_fastest_library_measured():
-    rate = bench.measure_gemm("cpu", size=256, repeats=2)
+    threads = torch.get_num_threads()
+    try:
+        rate = bench.measure_gemm("cpu", size=256, repeats=2, threads=1)
+    finally:
+        torch.set_num_threads(threads)
     assert len(rate.samples_gflops) == 2 and rate.gflops > 0
-    assert rate.threads == torch.get_num_threads()
+    assert rate.threads == 1
     assert {rate.library, *rate.others_gflops} == {"torch", "numpy", "onnxruntime"}
     assert all(other <= rate.gflops for other in rate.others_gflops.values())
 

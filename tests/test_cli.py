@@ -11,9 +11,9 @@ def run(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "onnxstyle.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
-def test_version_and_env():
-    assert run("--version").stdout.startswith("onnxstyle ")
-    facts = json.loads(run("env", "--json").stdout)
+def test_version_and_env(cli):
+    assert run("--version").stdout.startswith("onnxstyle ")  # the installed entry point, once
+    facts = json.loads(cli("env", "--json").stdout)
     for key in ("os", "cpu", "ram_gb", "python", "torch", "onnxruntime", "ort_providers_compiled_in"):
         assert key in facts
 
@@ -40,16 +40,16 @@ def test_version_and_env():
         (["profile", "--model", "nin", "--provider", "cuda"], 8, "not usable here"),
     ],
 )
-def test_bad_input_is_one_clear_line(tmp_path, args, code, message):
-    result = run(*args, cwd=tmp_path)
+def test_bad_input_is_one_clear_line(cli, tmp_path, args, code, message):
+    result = cli(*args, cwd=tmp_path)
     assert result.returncode == code, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.glob("*.png"))
 
 
-def test_profile_prints_operators_and_nodes(tmp_path):
-    result = run("profile", "--model", "nin", "--size", "64", "--runs", "1", "--warmup", "0", "--top", "2", "--weights", "synthetic", cwd=tmp_path)
+def test_profile_prints_operators_and_nodes(cli, tmp_path):
+    result = cli("profile", "--model", "nin", "--size", "64", "--runs", "1", "--warmup", "0", "--top", "2", "--weights", "synthetic", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "ms per loss+gradient run" in result.stdout and "by operator" in result.stdout and "slowest 2 nodes" in result.stdout
     assert "Conv" in result.stdout

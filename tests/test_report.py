@@ -152,21 +152,21 @@ def run(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "onnxstyle.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
-def test_report_commands_and_their_errors(tmp_path):
+def test_report_commands_and_their_errors(cli, tmp_path):
     first = write_report(sample_report(1.0, "Old CPU"), tmp_path, "a")["json"]
     second = write_report(sample_report(1.5, "New CPU"), tmp_path, "b")["json"]
-    shown = run("report", "show", str(first))
+    shown = cli("report", "show", str(first))
     assert shown.returncode == 0, shown.stderr
     assert "iterations per minute" in shown.stdout and "2016 CPU" in shown.stdout
-    compared = run("report", "compare", str(first), str(second), "--plot", str(tmp_path / "cmp.png"), cwd=tmp_path)
+    compared = cli("report", "compare", str(first), str(second), "--plot", str(tmp_path / "cmp.png"), cwd=tmp_path)
     assert compared.returncode == 0, compared.stderr
     assert "how the machines and software differ" in compared.stdout and "New CPU" in compared.stdout
     assert "1.50× ±" in compared.stdout
     assert (tmp_path / "cmp.png").stat().st_size > 1000
     (tmp_path / "foreign.json").write_text('{"a": 1}')
-    bad = run("report", "show", str(tmp_path / "foreign.json"))
+    bad = cli("report", "show", str(tmp_path / "foreign.json"))
     assert bad.returncode == 10 and "not an onnxstyle bench report" in bad.stderr and "Traceback" not in bad.stderr
-    alone = run("report", "compare", str(first))
+    alone = cli("report", "compare", str(first))
     assert alone.returncode == 2 and "at least two reports" in alone.stderr
 
 
@@ -180,10 +180,11 @@ def test_report_commands_and_their_errors(tmp_path):
         (["--sizes", ""], 2, "--sizes"),
         (["--precision", "fp64"], 2, "supported: fp32"),
         (["--out", "/proc/onnxstyle-reports"], 4, "cannot write reports"),
+        (["--env", "OMP_WAIT_POLICY"], 2, "--env needs KEY=VALUE, got 'OMP_WAIT_POLICY'"),
     ],
 )
-def test_bench_bad_input(tmp_path, args, code, message):
-    result = run("bench", *args, cwd=tmp_path)
+def test_bench_bad_input(cli, tmp_path, args, code, message):
+    result = cli("bench", *args, cwd=tmp_path)
     assert result.returncode == code, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
 
@@ -206,5 +207,17 @@ def test_bench_end_to_end_writes_four_reports(tmp_path):
     assert ort.engine["provider_effective"] == "CPUExecutionProvider"
     assert ort.check["ok"] and ort.peak_rss_bytes > 0 and ort.gflops > 0 and 0 < ort.roof_share
     assert len(ort.iteration_seconds) == 4 and ort.stats["n"] == 2
+    # each runner in its own worker: ORT's pool owns the cores, torch runs the optimiser step on one thread
+    assert ort.thread_counts["torch"] == 1 and ort.thread_counts["onnxruntime_intra_op"] == ort.threads
+    eager = report.cells[1]
+    assert eager.thread_counts["torch"] == eager.threads and "onnxruntime_intra_op" not in eager.thread_counts
+    assert ort.environment["OMP_NUM_THREADS"] == "1" and eager.environment["OMP_NUM_THREADS"] == str(eager.threads)
+    assert ort.peak_rss_bytes > ort.rss_before_bytes > 0 and ort.peak_rss_bytes != eager.peak_rss_bytes
+    sizes = {(cell.width, cell.height): cell.inputs_sha256 for cell in report.cells}
+    assert all(cell.inputs_sha256 == sizes[(cell.width, cell.height)] for cell in report.cells) and len(set(sizes.values())) == 2
+    assert all({"cpu_seconds", "other_cpu_seconds", "bench_cpu_seconds", "steal_seconds"} <= set(w) for w in ort.windows)
+    verdict = json.loads((tmp_path / "r" / "t.json").read_text())["verdict"]
+    assert result.stdout.strip().splitlines()[-1] == verdict["line"]
+    assert verdict["line"].startswith("trusted: all 4 measured cells" if verdict["trusted"] else "NOT TRUSTED:")
     assert "× eager" in result.stdout or "×eager" in result.stdout
     assert isinstance(report, Report) and report.system["python"]

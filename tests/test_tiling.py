@@ -13,7 +13,8 @@ from onnxstyle.weights import resolve
 CASES = [
     ("vgg19", ("relu2_2",), ("relu1_1", "relu2_1"), 70, 90, 16, "max"),
     ("vgg19", ("relu3_2",), ("relu1_1", "relu2_1", "relu3_1"), 120, 136, 32, "max"),
-    ("vgg19", ("relu4_2",), ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"), 176, 160, 48, "avg"),
+    # the full default layer set: 25 s of the suite, so `make test-all` runs it, `make test` does not
+    pytest.param("vgg19", ("relu4_2",), ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"), 176, 160, 48, "avg", marks=pytest.mark.slow),
     ("nin", ("relu7",), ("relu0", "relu3", "relu7", "relu10"), 260, 300, 64, "max"),
     ("nin", ("relu3",), ("relu0", "relu3"), 120, 140, 32, "avg"),
 ]

@@ -81,8 +81,7 @@ class EagerLoop:
         self.precision = precision
         self.autocast = autocast_dtype(precision)
         set_tf32(self._device, precision)
-        self.torch_threads = threads or default_threads()
-        torch.set_num_threads(self.torch_threads)
+        torch.set_num_threads(threads or default_threads())
         backbone = build_backbone(spec.backbone, spec.layers, pooling=spec.pooling, resolved=spec.weights).to(self._device)
         backbone.requires_grad_(False)
         self.normalization = _Normalization(spec.weights.preprocessing)
