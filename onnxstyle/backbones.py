@@ -68,8 +68,12 @@ class BackboneSpec:
             stride *= layer.stride
         return stride
 
-    def validate_layers(self, names: Sequence[str]) -> list[str]:
-        """Reject unknown names with the valid list: users often mix up VGG and NIN names."""
+    def validate_layers(self, names: Sequence[str], option: str | None = None) -> list[str]:
+        """Reject unknown names with the valid list (users often mix up VGG and NIN names), and names repeated
+        within one ``--option`` (a layer may be a content and a style layer at once)."""
+        repeated = sorted({name for name in names if list(names).count(name) > 1})
+        if option is not None and repeated:
+            raise UsageError(f"--{option} names {', '.join(repeated)} more than once")
         valid = self.layer_names
         unknown = [name for name in names if name not in valid]
         if unknown:

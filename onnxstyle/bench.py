@@ -33,10 +33,10 @@ import torch
 
 from onnxstyle.backbones import BackboneSpec, get_backbone
 from onnxstyle.engines import Engine, EngineSpec, create_engine
-from onnxstyle.errors import NumericalError, OnnxstyleError, ProviderError, UsageError
+from onnxstyle.errors import NumericalError, OnnxstyleError, ProviderError, UsageError, WorkerError
 from onnxstyle.images import demo_content, demo_style, parse_size, to_tensor
 from onnxstyle.losses import LossWeights
-from onnxstyle.precision import GRADIENT_TOLERANCES, PRECISIONS, supported
+from onnxstyle.precision import GRADIENT_TOLERANCES, PRECISIONS, supported, why_not
 from onnxstyle.sysinfo import default_threads
 from onnxstyle.weights import ResolvedWeights, resolve
 
@@ -186,11 +186,12 @@ def check_precisions(runners: Sequence[Runner], precisions: Sequence[str]) -> No
     for precision in precisions:
         if runners and all(precision_support(runner, precision) for runner in runners):
             first = runners[0]
-            allowed, why_not = supported(first.engine, first.target)
+            allowed, _ = supported(first.engine, first.target)
+            reason = why_not(first.engine, first.target, precision)
             able = sorted({runner.label for runner in all_runners() if not runner_status(runner) and not precision_support(runner, precision)})
             hint = f"runners that can: {', '.join(able)}" if able else "no runner here can"
             raise UsageError(
-                f"no selected runner can run {precision}: {first.label} supports {', '.join(allowed)} ({why_not}); {hint}"
+                f"no selected runner can run {precision}: {first.label} supports {', '.join(allowed)} ({reason}); {hint}"
             )
 
 
@@ -274,14 +275,39 @@ def estimate_bytes(runner: Runner, backbone: BackboneSpec, layers: Sequence[str]
     return int(model.per_activation_byte * activation_bytes(backbone, layers, width, height) + model.fixed_bytes)
 
 
+# Libraries reserve more address space than they touch: VGG19 on ORT's CPU provider at 512 px ran under an
+# address-space limit (ulimit -v) of 2.67 GiB and failed under 2.48 GiB, from 0.66 GiB after imports, for
+# 1.6 GiB of estimated growth: ≈1.25 bytes of address space per byte the memory model counts.
+ADDRESS_SPACE_PER_BYTE = 1.25
+
+
 def free_bytes(runner: Runner) -> int:
-    """Memory a new cell can use: available RAM, or free device memory for GPU runners."""
+    """Memory a new cell can use: available RAM, or free device memory for GPU runners.
+
+    Under an address-space limit (``ulimit -v``), what the limit leaves counts too: past it, allocations
+    fail inside ONNX Runtime's graph building and the process dies instead of saying what it needs.
+    """
     if runner.device == "cuda" and torch.cuda.is_available():
         free, _ = torch.cuda.mem_get_info()
         return int(free)
     import psutil
 
-    return int(psutil.virtual_memory().available)
+    return min(int(psutil.virtual_memory().available), address_space_left())
+
+
+def address_space_left() -> int:
+    """Bytes the address-space limit leaves for growth, in the memory model's terms (unlimited: a huge number)."""
+    try:
+        import resource
+    except ImportError:
+        return 2**62
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return 2**62
+    import psutil
+
+    used = psutil.Process().memory_info().vms
+    return max(0, int((soft - used) / ADDRESS_SPACE_PER_BYTE))
 
 
 # ---------------------------------------------------------------- GEMM roof
@@ -460,11 +486,15 @@ def engine_spec(backbone: BackboneSpec, weights: ResolvedWeights) -> EngineSpec:
 def cell_tile(runner: Runner, spec: EngineSpec, width: int, height: int, tile: int | None, available: int) -> int | None:
     """The tile core for a cell: as asked, or automatic when it would not fit untiled (the eager loop never tiles).
 
-    The automatic choice is ``stylize``'s (``tiling.choose_tile``), so both start tiling at the same size.
+    The one rule for ``bench`` and ``stylize``: what runs untiled must fit in ``available`` bytes and what
+    tiles must fit tiled (``tiling.choose_tile``); otherwise a UsageError says how much it needs.
     """
     from onnxstyle.tiling import check_tile, choose_tile
 
     if tile == 0 or runner.engine == "eager":
+        need = estimate_bytes(runner, spec.backbone, spec.layers, width, height)
+        if need > 0.9 * available:
+            raise UsageError(f"needs ≈{need / 2**30:.1f} GB, {available / 2**30:.1f} GB free")
         return None
     if tile is not None:
         check_tile(spec.backbone, spec.layers, tile)
@@ -575,7 +605,8 @@ class Cell:
     width: int
     height: int
     precision: str = "fp32"
-    status: str = "pending"  # ok | skipped | failed | interrupted
+    status: str = "pending"  # ok | skipped | failed | interrupted | not run
+    error_code: int | None = None  # a failed cell's exit code (errors.py), which the run exits with if nothing was measured
     reason: str = ""
     tile: int | None = None  # core edge (px) when the cell ran tiled (exact gradient)
     cuda_graph: bool = False  # ORT captured and replayed a CUDA graph of the loss+gradient run
@@ -639,8 +670,8 @@ class BenchOptions:
     def __post_init__(self) -> None:
         if self.iterations is not None and self.iterations <= 0:
             raise UsageError(f"--iterations must be positive, got {self.iterations}")
-        if self.duration is not None and self.duration <= 0:
-            raise UsageError(f"--duration must be positive, got {self.duration}")
+        if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
+            raise UsageError(f"--duration must be a positive number of seconds, got {self.duration}")
         if self.runs <= 0:
             raise UsageError(f"--runs must be positive, got {self.runs}")
         if self.warmup < 0:
@@ -932,6 +963,7 @@ def _fail(cell: Cell, error: BaseException) -> None:
     from onnxstyle.providers import first_line
 
     cell.status, cell.reason = "failed", first_line(error)
+    cell.error_code = error.exit_code if isinstance(error, OnnxstyleError) else WorkerError.exit_code
 
 
 def _deadline(options: BenchOptions, expected_seconds: float) -> float:
@@ -1109,19 +1141,32 @@ def measure_roofs(devices: Sequence[str], threads: int, options: BenchOptions, l
     return roofs
 
 
+@dataclass
+class BenchRun:
+    """A run as far as it got: the cells (finished, skipped, pending), the GEMM roofs, and whether it was cut short."""
+
+    cells: list[Cell] = field(default_factory=list)
+    roofs: dict[str, GemmRate] = field(default_factory=dict)
+    interrupted: bool = False
+
+
 def run_bench(
     options: BenchOptions,
     progress: CellCallback | None = None,
-    on_cell: Callable[[Cell], None] | None = None,
+    on_cell: Callable[[Cell, BenchRun], None] | None = None,
 ) -> tuple[list[Cell], dict[str, GemmRate], bool]:
-    """Measure every cell; returns (cells, GEMM roofs by device, interrupted?). Ctrl-C keeps finished cells."""
+    """Measure every cell; returns (cells, GEMM roofs by device, interrupted?).
+
+    ``on_cell`` hears each cell as it finishes, with the run so far (to write the report after every cell).
+    Ctrl-C keeps the finished cells; the ones it cut short are ``interrupted`` and those it never reached
+    are listed as ``not run``.
+    """
     import shutil
     import tempfile
 
-    threads = options.threads or default_threads()
-    roofs: dict[str, GemmRate] = {}
-    cells: list[Cell] = []
-    interrupted = False
+    threads = min(options.threads or default_threads(), default_threads())
+    run = BenchRun()
+    cells = run.cells
     resolved: dict[str, ResolvedWeights] = {}
     checks: dict[tuple[str, str, str], dict[str, Any]] = {}
     for runner, reason in options.skipped.items():
@@ -1129,6 +1174,10 @@ def run_bench(
             for width, height in options.sizes:
                 for precision in options.precisions:
                     cells.append(Cell(runner.label, model.name, width, height, precision, status="skipped", reason=reason))
+
+    def notify(cell: Cell) -> None:
+        if on_cell:
+            on_cell(cell, run)
 
     def prepare(runner: Runner, model: BackboneSpec, width: int, height: int, precision: str) -> PendingCell | None:
         """The cell, unless a skip rule applies (then it is finished here)."""
@@ -1141,23 +1190,20 @@ def run_bench(
         layers = spec.layers
         minimum = model.min_size(layers)
         if min(width, height) < minimum:
-            return _skip(cell, f"smaller than {model.name}'s minimum {minimum}x{minimum}", on_cell)
+            return _skip(cell, f"smaller than {model.name}'s minimum {minimum}x{minimum}", notify)
+        unsupported = precision_support(runner, precision)
+        if unsupported:
+            return _skip(cell, unsupported, notify)
         cell.estimate_bytes = estimate_bytes(runner, model, layers, width, height)
-        available = free_bytes(runner)
         try:
-            cell.tile = cell_tile(runner, spec, width, height, options.tile, available)
+            cell.tile = cell_tile(runner, spec, width, height, options.tile, free_bytes(runner))
         except UsageError as error:
-            return _skip(cell, str(error), on_cell)
+            return _skip(cell, str(error), notify)
         if cell.tile:
             from onnxstyle.tiling import TilePlan
 
             rows, cols = TilePlan.create(model, layers, height, width, cell.tile).largest_tile
             cell.estimate_bytes = estimate_bytes(runner, model, layers, cols, rows)
-        elif cell.estimate_bytes > 0.9 * available:
-            return _skip(cell, f"needs ≈{cell.estimate_bytes / 2**30:.1f} GB, {available / 2**30:.1f} GB free", on_cell)
-        unsupported = precision_support(runner, precision)
-        if unsupported:
-            return _skip(cell, unsupported, on_cell)
         cell.gflop_per_iteration = iteration_flops(model, spec.content_layers, spec.style_layers, width, height) / 1e9
         cell.cuda_graph = options.cuda_graph and takes_cuda_graph(runner)
         recipe = cell_recipe(runner, spec, width, height, threads, precision, cell.tile, cell.cuda_graph)
@@ -1168,7 +1214,7 @@ def run_bench(
 
     log_dir = Path(tempfile.mkdtemp(prefix="onnxstyle-workers-"))
     try:
-        roofs.update(measure_roofs(sorted({runner.device for runner in options.runners}), threads, options, log_dir))
+        run.roofs.update(measure_roofs(sorted({runner.device for runner in options.runners}), threads, options, log_dir))
         # Runners of one model and size are measured together (interleaved where they fit), so a ratio
         # between them (×eager) is taken under the same load, not across the whole run while it drifts.
         for model in options.models:
@@ -1181,28 +1227,30 @@ def run_bench(
                 ]
                 batches = [group] if interleavable(group, options) else [[pending] for pending in group]
                 for batch in batches:
-                    run_group(batch, options, roofs, log_dir, progress, checks)
+                    run_group(batch, options, run.roofs, log_dir, progress, checks)
                     for pending in batch:
                         if pending.cell.check is None:
                             pending.cell.check = checks.get((pending.cell.runner, pending.cell.model, pending.cell.precision))
-                        _notify(on_cell, pending.cell)
+                        notify(pending.cell)
     except KeyboardInterrupt:
-        interrupted = True
+        run.interrupted = True
         for cell in cells:
             if cell.status == "pending":
                 cell.status, cell.reason = "interrupted", "Ctrl-C before this cell finished"
+        started = {cell.key for cell in cells}
+        for model in options.models:
+            for width, height in options.sizes:
+                for precision in options.precisions:
+                    for runner in options.runners:
+                        if (runner.label, model.name, width, height, precision) not in started:
+                            cells.append(Cell(runner.label, model.name, width, height, precision, status="not run", reason="the run was interrupted before it"))
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)
-    return cells, roofs, interrupted
+    return cells, run.roofs, run.interrupted
 
 
-def _skip(cell: Cell, reason: str, on_cell: Callable[[Cell], None] | None) -> PendingCell | None:
+def _skip(cell: Cell, reason: str, notify: Callable[[Cell], None]) -> PendingCell | None:
     """Finish ``cell`` as skipped; returns None, which ``prepare`` hands back as 'nothing to run'."""
     cell.status, cell.reason = "skipped", reason
-    _notify(on_cell, cell)
+    notify(cell)
     return None
-
-
-def _notify(callback: Callable[[Cell], None] | None, cell: Cell) -> None:
-    if callback:
-        callback(cell)

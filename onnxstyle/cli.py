@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -88,15 +88,20 @@ def export(
     pooling: Annotated[str, typer.Option(help="max or avg.")] = "max",
     opset: Annotated[int, typer.Option(help="ONNX opset (13..17).")] = 17,
     precision: Annotated[str, typer.Option(help="fp32, or fp16: network and adjoint in fp16, Grams and losses fp32 (validated to 1e-2).")] = "fp32",
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Features model path (default: models/…).")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Features model path; X.onnx also writes X.loss.onnx and X.json (default: models/…).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing files at --output (it refuses otherwise).")] = False,
 ) -> None:
     """Export the feature extractor and the loss+gradient graph to ONNX, validated against torch."""
     from onnxstyle.exporters.export import export_backbone
 
-    with err.status("exporting and validating against torch…"):
+    def plan(paths: list[Path]) -> None:
+        err.print(f"writes {', '.join(str(path) for path in paths)}", highlight=False)
+
+    with _interrupt_note("export interrupted before writing: nothing was written"), err.status("exporting and validating against torch…"):
         result = export_backbone(
             backbone=backbone, weights=weights, layers=layers, content_layers=content_layers,
             style_layers=style_layers, pooling=pooling, opset=opset, precision=precision, output=output,  # type: ignore[arg-type]
+            force=force, on_plan=plan,
         )
     meta = result.metadata
     validation = meta["validation"]
@@ -155,14 +160,16 @@ def stylize(
         content = content or DEMO_CONTENT
         styles = styles or [DEMO_STYLE]
         size = size or "128"
-        iterations = iterations or 100
+        iterations = 100 if iterations is None else iterations
     if content is None or not styles:
         raise UsageError("give CONTENT and at least one STYLE image, or --demo")
+    total = 1000 if iterations is None else iterations
+    _warn_threads(threads)
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} it/s"), TimeElapsedColumn(), console=err,
     )
-    task = progress.add_task("stylize", total=iterations or 1000, loss="…", rate="…")
+    task = progress.add_task("stylize", total=max(total, 1), loss="…", rate="…")
     started: list[float] = []
 
     def report(step: int, total: int, terms: object) -> None:
@@ -176,22 +183,24 @@ def stylize(
         rate = (step - 1) / (now - started[0]) if step > 1 and now > started[0] else 0.0
         progress.update(task, completed=step, total=total, loss=f"{terms.total:.4g}", rate=f"{rate:.2f}")  # type: ignore[attr-defined]
 
-    common = dict(
+    common: dict[str, Any] = dict(
         engine=engine, provider=provider, model=model, weights=weights, optimizer=optimizer,
         learning_rate=learning_rate, content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
         content_layers=content_layers, style_layers=style_layers, style_blend_weights=style_blend_weights,
         style_scale=style_scale, seed=seed, original_colors=original_colors, pooling=pooling,
-        save_every=save_every, threads=threads, precision=precision, tile=tile, cuda_graph=cuda_graph, progress=report,
+        save_every=save_every, threads=threads, precision=precision, tile=tile, cuda_graph=cuda_graph,
     )
     plan = parse_scales(scales) if scales else default_scales(parse_size(size or 512))
+    kept = f"{output} was not written" if not output.exists() else f"{output} was left as it was"
     try:
-        if len(plan) > 1:
-            err.print(f"multi-resolution: {', '.join(str(scale) for scale in plan)}", highlight=False)
-            result = stylize_scales(
-                content, styles, output, scales=plan, iterations=scale_iterations or iterations or 1000, init=init, **common
-            )
-        else:
-            result = run_stylize(content, styles, output, size=plan[0], iterations=iterations or 1000, init=init, **common)  # type: ignore[arg-type]
+        with _interrupt_note(f"stylize interrupted while setting up; {kept}"):
+            if len(plan) > 1:
+                err.print(f"multi-resolution: {', '.join(str(scale) for scale in plan)}", highlight=False)
+                result = stylize_scales(
+                    content, styles, output, scales=plan, iterations=scale_iterations or total, init=init, progress=report, **common
+                )
+            else:
+                result = run_stylize(content, styles, output, size=plan[0], init=init, progress=report, iterations=total, **common)
     finally:
         progress.stop()
     where = result.engine.get("provider_effective") or result.engine.get("device")
@@ -210,6 +219,14 @@ def stylize(
         highlight=False,
         markup=False,
     )
+
+
+def _warn_threads(threads: int | None) -> None:
+    """More threads than CPUs only makes them wait for each other: say so (the library caps them)."""
+    from onnxstyle.sysinfo import default_threads
+
+    if threads is not None and threads > default_threads():
+        err.print(f"[yellow]--threads {threads} is more than the {default_threads()} CPUs this process may use; using {default_threads()}[/]")
 
 
 def _pace(iterations: int, seconds: float) -> str:
@@ -242,16 +259,20 @@ def bench(
     import time
 
     from onnxstyle.bench import (
-        BenchOptions, Cell, check_precisions, parse_environment, parse_models, parse_precisions, parse_sizes, run_bench, select_runners,
+        BenchOptions, BenchRun, Cell, check_precisions, parse_environment, parse_models, parse_precisions, parse_sizes, run_bench,
+        select_runners,
     )
-    from onnxstyle.errors import UsageError
-    from onnxstyle.report import check_directory, new_report, write_report
+    from onnxstyle.errors import OutputError, UsageError, WorkerError
+    from onnxstyle.report import ReportWriter, check_directory, check_stem, new_report
     from onnxstyle.weights import resolve
 
     models = parse_models(model)
     size_list = parse_sizes(sizes)
     precisions = parse_precisions(precision)
+    if name:
+        check_stem(name)
     check_directory(out_dir)
+    _warn_threads(threads)
     runners, skipped = select_runners(provider)
     check_precisions(runners, precisions)
     if cuda_graph:
@@ -284,24 +305,54 @@ def bench(
     def on_progress(cell: Cell, state: str) -> None:
         progress.update(task, description=f"{cell.model} {cell.runner} {cell.precision} {cell.width}x{cell.height}", state=state)
 
-    def on_cell(cell: Cell) -> None:
+    stem = check_stem(name) if name else time.strftime("bench-%Y%m%d-%H%M%S")
+    writer = ReportWriter(out_dir, stem)
+    if writer.stem != stem:
+        err.print(f"[yellow]{out_dir / stem}.* is being written by another bench that is still running; this run writes {writer.stem}.*[/]")
+    report = new_report([], options.as_dict(), {}, labels, ["onnxstyle", *sys.argv[1:]], False)
+    write_errors: list[str] = []
+
+    def save(run: BenchRun, final: bool = False) -> None:
+        """The report after every cell, so that a killed run keeps what it measured; a failed write does not stop the run."""
+        report.refresh(run.cells, run.roofs, run.interrupted)
+        try:
+            writer.write(report, final=final)
+        except OnnxstyleError as error:
+            if not write_errors:
+                progress.console.print(f"[red]could not write the report: {error}[/]", highlight=False)
+            write_errors.append(str(error))
+
+    def on_cell(cell: Cell, run: BenchRun) -> None:
         progress.advance(task)
         figure = f"{cell.stats['median']:,.1f} it/min" if cell.stats else f"{cell.status}: {cell.reason}"
         if cell.noisy:
             figure += f"  [noisy: {'; '.join(reason['text'] for reason in cell.noise)}]"
         progress.console.print(f"  {cell.model:6} {cell.runner:14} {cell.precision:5} {cell.width}x{cell.height:<5} {figure}", highlight=False)
+        save(run)
 
-    with progress, _sigterm_as_interrupt():
-        cells, roofs, interrupted = run_bench(options, progress=on_progress, on_cell=on_cell)
-    report = new_report(cells, options.as_dict(), roofs, labels, ["onnxstyle", *sys.argv[1:]], interrupted)
-    stem = name or time.strftime("bench-%Y%m%d-%H%M%S")
-    paths = write_report(report, out_dir, stem)
+    try:
+        with progress:
+            cells, roofs, interrupted = run_bench(options, progress=on_progress, on_cell=on_cell)
+        write_errors.clear()
+        save(BenchRun(cells, roofs, interrupted), final=True)
+    finally:
+        writer.close()
     _show(report, verdict=False)
-    for kind, path in paths.items():
+    for kind, path in writer.paths.items():
         out.print(f"{kind:4} {path}", highlight=False)
+    if writer.kept:
+        err.print(f"[yellow]{writer.kept}[/]", highlight=False)
     _verdict(report)
+    if write_errors:
+        raise OutputError(f"{write_errors[-1]}; the measurements are lost unless an earlier write of {writer.stem}.json survived")
     if interrupted:
         raise typer.Exit(130)
+    if not report.measured():
+        failed = [cell for cell in cells if cell.status == "failed"]
+        first = (failed or [cell for cell in cells if cell.reason] or cells)[0]
+        err.print("[red]error:[/] ", end="")
+        err.print(f"no cell was measured; {first.model} {first.runner} {first.width}x{first.height}: {first.reason}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(failed[0].error_code or WorkerError.exit_code if failed else UsageError.exit_code)
 
 
 @app.command()
@@ -375,18 +426,18 @@ def _verdict(report: object) -> None:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a CI timeout, ``kill``) stops a run the way Ctrl-C does: what was measured is kept and written."""
-    import signal
+def _interrupt_note(text: str) -> Iterator[None]:
+    """A Ctrl-C or SIGTERM inside this block ends the command with ``text``: what it interrupted, and what it kept."""
+    from onnxstyle.errors import Interrupted
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    except KeyboardInterrupt:
+        raise Interrupted(text) from None
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @report_app.command("show")
@@ -408,6 +459,10 @@ def report_compare(
 
     if len(paths) < 2:
         raise UsageError("report compare needs at least two reports (the first is the baseline)")
+    from onnxstyle.files import check_output
+    from onnxstyle.report import PLOT_FORMATS
+
+    check_output(plot_path, formats=PLOT_FORMATS, what="plot")
     reports = [load_report(path) for path in paths]
     names = [path.name for path in paths]
     differences = Table()
@@ -468,10 +523,9 @@ def weights_where() -> None:
 def weights_verify(
     ids: Annotated[Optional[list[str]], typer.Argument(help="Catalogue ids or files (default: every cached entry).")] = None,
 ) -> None:
-    """Re-hash cached weight files against the catalogue; non-zero exit on any mismatch."""
-    from onnxstyle.backbones import get_backbone
+    """Re-hash cached weight files against the catalogue, or check that a file loads; non-zero exit on any failure."""
     from onnxstyle.errors import WeightsError
-    from onnxstyle.weights import CATALOGUE, find_cached, resolve
+    from onnxstyle.weights import CATALOGUE, find_cached, verify
 
     targets = ids or [entry.id for entry in CATALOGUE.values() if find_cached(entry)]
     if not targets:
@@ -479,11 +533,8 @@ def weights_verify(
         return
     failures = 0
     for target in targets:
-        entry = CATALOGUE.get(target)
-        backbone = get_backbone(entry.backbone if entry else "vgg")
         try:
-            resolved = resolve(target, backbone, allow_download=False)
-            out.print(f"ok  {target}  {resolved.path}  sha256 {resolved.sha256}", highlight=False)
+            out.print(f"ok  {target}: {verify(target)}", highlight=False)
         except WeightsError as error:
             failures += 1
             out.print(f"bad {target}: {str(error).splitlines()[0]}", highlight=False)
@@ -492,7 +543,13 @@ def weights_verify(
 
 
 def main() -> None:
-    """Console entry point: typed errors print one line and exit with their code, never a traceback."""
+    """Console entry point: typed errors print one line and exit with their code, never a traceback.
+
+    SIGTERM (a CI timeout, ``kill``) is taken as Ctrl-C: every command keeps what it finished.
+    """
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         app()
     except OnnxstyleError as error:
@@ -502,6 +559,8 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("[red]interrupted[/]")
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

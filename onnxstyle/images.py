@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from onnxstyle.errors import ImageError, OutputError
+from onnxstyle.errors import ImageError
+from onnxstyle.files import check_output, write_atomic
 
 DEMO_CONTENT = "demo:content"
 DEMO_STYLE = "demo:style"
@@ -51,8 +52,31 @@ def demo_style(size: int = 512) -> Image.Image:
     return Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8))
 
 
+PIXEL_LIMIT_VARIABLE = "ONNXSTYLE_MAX_IMAGE_PIXELS"
+
+
+def pixel_limit() -> int:
+    """The most pixels an input image may have: Pillow's guard against decompression bombs, or ``$ONNXSTYLE_MAX_IMAGE_PIXELS``."""
+    text = os.environ.get(PIXEL_LIMIT_VARIABLE, "").strip()
+    if not text:
+        return int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+    try:
+        value = int(text)
+        if value <= 0:
+            raise ValueError
+        return value
+    except ValueError:
+        from onnxstyle.errors import UsageError
+
+        raise UsageError(f"{PIXEL_LIMIT_VARIABLE} must be a positive number of pixels, got '{text}'") from None
+
+
 def load_image(source: str | Path) -> Image.Image:
-    """Open PNG/JPEG/WebP/TIFF with EXIF orientation applied and any mode converted to RGB."""
+    """Open PNG/JPEG/WebP/TIFF with EXIF orientation applied and any mode converted to 8-bit RGB.
+
+    16-bit and 32-bit integer images are scaled by their range and float images read as [0, 1] (or
+    [0, 255] when brighter), rather than clipped to white; transparency is composited on white.
+    """
     if str(source) == DEMO_CONTENT:
         return demo_content()
     if str(source) == DEMO_STYLE:
@@ -60,19 +84,44 @@ def load_image(source: str | Path) -> Image.Image:
     path = Path(source)
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
+    limit = pixel_limit()
+    guard, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the limit is checked here, from the header
     try:
         with Image.open(path) as opened:
+            width, height = opened.size
+            if width * height > limit:
+                raise ImageError(
+                    f"{path}: {width}x{height} is {width * height:,} pixels, over the {limit:,}-pixel limit that guards "
+                    f"against decompression bombs; set {PIXEL_LIMIT_VARIABLE} to allow more"
+                )
             opened.load()
             image = ImageOps.exif_transpose(opened)
     except UnidentifiedImageError as error:
         raise ImageError(f"{path}: not a readable image (unknown or corrupt format)") from error
     except (OSError, ValueError, SyntaxError) as error:
         raise ImageError(f"{path}: corrupt or unreadable image ({error})") from error
+    finally:
+        Image.MAX_IMAGE_PIXELS = guard
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _to_8bit(image)
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     return image.convert("RGB")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """A single-channel 16/32-bit integer or float image as 8-bit grey, scaled by its range (Pillow would clip)."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        peak = float(values.max()) if values.size else 1.0
+        scale = 1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else peak
+    else:
+        peak = float(values.max()) if values.size else 0.0
+        scale = 65535.0 if image.mode.startswith("I;16") or peak <= 65535.0 else peak
+    grey = np.clip(values / scale, 0.0, 1.0) * 255.0 + 0.5
+    return Image.fromarray(grey.astype(np.uint8), mode="L")
 
 
 def parse_size(text: str | int) -> tuple[int, int] | int:
@@ -94,13 +143,17 @@ def parse_size(text: str | int) -> tuple[int, int] | int:
         raise UsageError(f"invalid size '{text}': use a positive integer (longest side) or WIDTHxHEIGHT") from None
 
 
+def resize_dimensions(current: tuple[int, int], size: tuple[int, int] | int) -> tuple[int, int]:
+    """(width, height) after ``resize``: the longest side becomes ``size`` (aspect kept), or exactly (width, height)."""
+    if isinstance(size, tuple):
+        return size
+    scale = size / max(current)
+    return (max(1, round(current[0] * scale)), max(1, round(current[1] * scale)))
+
+
 def resize(image: Image.Image, size: tuple[int, int] | int) -> Image.Image:
     """Resize so the longest side is ``size`` (aspect kept), or to an exact (width, height)."""
-    if isinstance(size, tuple):
-        target = size
-    else:
-        scale = size / max(image.size)
-        target = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    target = resize_dimensions(image.size, size)
     if target == image.size:
         return image
     return image.resize(target, Image.Resampling.LANCZOS)
@@ -117,30 +170,13 @@ def to_image(tensor: torch.Tensor) -> Image.Image:
     return Image.fromarray((array * 255.0 + 0.5).astype(np.uint8))
 
 
-def check_writable(path: Path) -> Path:
-    """Fail before any work is done if ``path`` cannot be written."""
-    path = Path(path)
-    if path.suffix.lower() not in SAVE_FORMATS:
-        raise OutputError(f"{path}: unsupported output format; use one of {', '.join(sorted(SAVE_FORMATS))}")
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise OutputError(f"{path}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise OutputError(f"{path}: not writable")
-    return path
+def check_writable(path: Path, inputs: Iterable[str | Path] = ()) -> Path:
+    """Fail before any work is done if ``path`` cannot take an image (or is one of ``inputs``)."""
+    return check_output(path, formats=SAVE_FORMATS, inputs=inputs, what="image")
 
 
 def save_image(image: Image.Image, path: Path) -> Path:
-    """Write via a temporary file and rename, so an interrupted save leaves no half-written image."""
+    """Write atomically (see ``files``), so an interrupted save leaves the old image or the new one."""
     path = check_writable(Path(path))
     image_format = SAVE_FORMATS[path.suffix.lower()]
-    handle, temp_name = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", suffix=path.suffix)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            image.save(out, format=image_format)
-        os.replace(temp_name, path)
-    except OSError as error:
-        raise OutputError(f"{path}: could not write ({error})") from error
-    finally:
-        Path(temp_name).unlink(missing_ok=True)
-    return path
+    return write_atomic(path, lambda out: image.save(out, format=image_format))

@@ -65,13 +65,23 @@ def supported(engine: str, device: str) -> tuple[tuple[str, ...], str]:
     return ("fp32",), "this CPU lacks AVX-512-BF16/AMX, so bf16 would run slower than fp32"
 
 
+def why_not(engine: str, device: str, precision: str) -> str:
+    """Why ``precision`` is not offered for this engine and device (each precision has its own reason)."""
+    on_cpu = device in ("cpu", "openvino", "xnnpack") or (engine != "onnxruntime" and not device.startswith("cuda"))
+    if precision == "tf32" and on_cpu:
+        return "tf32 is a tensor-core mode of NVIDIA GPUs; CPUs compute fp32 as fp32"
+    if precision == "fp16" and on_cpu and engine != "onnxruntime":
+        return "torch's fp16 convolutions on the CPU are slower than fp32; --engine onnxruntime runs fp16 graphs there"
+    return supported(engine, device)[1]
+
+
 def require(engine: str, device: str, precision: str) -> None:
     """One clear line when ``precision`` cannot run here, naming what can."""
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision '{precision}'; choose from {', '.join(PRECISIONS)}")
-    allowed, why_not = supported(engine, device)
+    allowed, _ = supported(engine, device)
     if precision not in allowed:
-        raise UsageError(f"{engine} on {device} cannot run {precision}: supported {', '.join(allowed)} ({why_not})")
+        raise UsageError(f"{engine} on {device} cannot run {precision}: supported {', '.join(allowed)} ({why_not(engine, device, precision)})")
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:

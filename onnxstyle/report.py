@@ -11,16 +11,21 @@ import csv
 import io
 import json
 import math
+import os
+import re
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from rich.table import Table
 
 from onnxstyle.bench import Cell, GemmRate
-from onnxstyle.errors import OnnxstyleError, OutputError
+from onnxstyle.errors import OutputError, ReportError, UsageError
+from onnxstyle.files import write_all, write_atomic
 
 SCHEMA = "onnxstyle.bench"
 SCHEMA_VERSION = 2  # 2: runners in worker processes; per-window CPU accounting, noise verdicts, thread counts
@@ -34,12 +39,6 @@ STUDY_2016: dict[tuple[str, str], dict[int, float | None]] = {
 }
 STUDY_MACHINES = {"cpu": "2016 CPU (i5-4460, Chainer)", "gpu": "2016 GPU (GTX 960, Chainer)"}
 CPU_RUNNER_TARGETS = ("cpu", "openvino", "xnnpack")
-
-
-class ReportError(OnnxstyleError):
-    """A file given to ``report`` is not an onnxstyle bench report (or is damaged)."""
-
-    exit_code = 10
 
 
 @dataclass
@@ -99,6 +98,12 @@ class Report:
             source=source,
         )
 
+    def refresh(self, cells: list[Cell], roofs: dict[str, GemmRate], interrupted: bool) -> None:
+        """Take a run's state as it is now (the report is rewritten after every cell)."""
+        self.cells = list(cells)
+        self.gemm = {device: {**asdict(rate), "gflops": rate.gflops} for device, rate in roofs.items()}
+        self.interrupted = interrupted
+
     def measured(self) -> list[Cell]:
         return [cell for cell in self.cells if cell.status == "ok"]
 
@@ -117,18 +122,17 @@ def new_report(cells: list[Cell], options: dict[str, Any], roofs: dict[str, Gemm
     from onnxstyle import __version__
     from onnxstyle.sysinfo import fingerprint
 
-    gemm = {device: {**asdict(rate), "gflops": rate.gflops} for device, rate in roofs.items()}
-    return Report(
-        cells=cells,
+    report = Report(
+        cells=[],
         options=options,
         system=fingerprint(),
-        gemm=gemm,
         weights=weights,
         command=command,
         tool_version=__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        interrupted=interrupted,
     )
+    report.refresh(cells, roofs, interrupted)
+    return report
 
 
 def load_report(path: str | Path) -> Report:
@@ -493,8 +497,8 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
-def plot(report: Report, path: Path) -> Path:
-    """it/min against image side (log scale) per runner and model, with the 2016 study dashed."""
+def plot(report: Report, out: BinaryIO) -> None:
+    """it/min against image side (log scale) per runner and model, with the 2016 study dashed, as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -526,29 +530,109 @@ def plot(report: Report, path: Path) -> Path:
         axis.legend(fontsize=8)
     figure.suptitle(f"onnxstyle bench — {report.system.get('cpu', '')}", fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(out, dpi=110, format="png")
     plt.close(figure)
-    return path
+
+
+STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_stem(stem: str) -> str:
+    """``--name`` is a file name inside ``--out``, never a path that leads elsewhere."""
+    if not STEM.fullmatch(stem) or stem.endswith((".json", ".csv", ".md", ".png", ".lock")):
+        raise UsageError(f"--name must be a plain file name (letters, digits, '.', '_', '-'), without a folder or suffix; got '{stem}'")
+    return stem
+
+
+class ReportWriter:
+    """A run's report files, rewritten after every cell so that a killed run keeps what it measured.
+
+    Every write replaces all formats at once (``files.write_all``). A stem another running bench holds
+    (its ``.lock`` file names a live process) is not shared: this run takes ``stem-2``, ``stem-3``… An
+    existing report with more measured cells than this run has so far is never replaced: this run writes
+    ``stem.partial.*`` until it catches up, and ``kept`` says what stayed. The PNG is drawn at the end.
+    """
+
+    def __init__(self, directory: Path, stem: str) -> None:
+        check_directory(directory)
+        self.directory = directory
+        self.requested = check_stem(stem)
+        self.stem = self._claim(stem)
+        existing = directory / f"{self.stem}.json"
+        self.previous = _measured_in(existing) if existing.exists() else 0
+        self.paths: dict[str, Path] = {}
+
+    def _claim(self, stem: str) -> str:
+        import psutil
+
+        for index in range(1, 1000):
+            candidate = stem if index == 1 else f"{stem}-{index}"
+            lock = self.directory / f"{candidate}.lock"
+            try:
+                handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = int(lock.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    holder = 0
+                if holder and holder != os.getpid() and psutil.pid_exists(holder):
+                    continue
+                lock.unlink(missing_ok=True)  # left by a run that died
+                handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(handle, "w") as out:
+                out.write(str(os.getpid()))
+            self._lock = lock
+            return candidate
+        raise OutputError(f"{self.directory}: no free report name like {stem}-N (999 runs hold one)")
+
+    @property
+    def kept(self) -> str | None:
+        """What stayed untouched, when this run measured fewer cells than the report it would have replaced."""
+        if self.paths.get("json", Path()).name.startswith(f"{self.stem}.partial"):
+            return f"kept {self.directory / (self.stem + '.json')} ({self.previous} measured cells); this run's report is {self.paths['json']}"
+        return None
+
+    def write(self, report: Report, *, final: bool = False) -> dict[str, Path]:
+        stem = self.stem if len(report.measured()) >= self.previous else f"{self.stem}.partial"
+        paths = {suffix: self.directory / f"{stem}.{suffix}" for suffix in ("json", "csv", "md", "png")}
+        files: dict[Path, bytes | str | Callable[[BinaryIO], None]] = {
+            paths["json"]: json.dumps(report.to_json(), indent=1) + "\n",
+            paths["csv"]: to_csv(report),
+            paths["md"]: to_markdown(report),
+        }
+        if final and report.measured():
+            files[paths["png"]] = partial(plot, report)
+        else:
+            del paths["png"]
+        write_all(files)
+        if stem == self.stem:
+            for suffix in ("json", "csv", "md", "png"):
+                (self.directory / f"{self.stem}.partial.{suffix}").unlink(missing_ok=True)
+        self.paths = paths
+        return paths
+
+    def close(self) -> None:
+        self._lock.unlink(missing_ok=True)
+
+    def __enter__(self) -> ReportWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _measured_in(path: Path) -> float:
+    """Measured cells in an existing report; a file that is not a readable report counts as unbounded (never replaced)."""
+    try:
+        return len(load_report(path).measured())
+    except ReportError:
+        return math.inf
 
 
 def write_report(report: Report, directory: Path, stem: str) -> dict[str, Path]:
-    """JSON, CSV, Markdown and PNG side by side; the directory must be writable."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".{stem}.probe"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise OutputError(f"cannot write reports to {directory}: {error.strerror or error}") from None
-    paths = {suffix: directory / f"{stem}.{suffix}" for suffix in ("json", "csv", "md", "png")}
-    paths["json"].write_text(json.dumps(report.to_json(), indent=1) + "\n", encoding="utf-8")
-    paths["csv"].write_text(to_csv(report), encoding="utf-8")
-    paths["md"].write_text(to_markdown(report), encoding="utf-8")
-    if report.measured():
-        plot(report, paths["png"])
-    else:
-        del paths["png"]
-    return paths
+    """JSON, CSV, Markdown and PNG side by side, written atomically (see ``ReportWriter``)."""
+    with ReportWriter(directory, stem) as writer:
+        return writer.write(report, final=True)
 
 
 def check_directory(directory: Path) -> None:
@@ -609,7 +693,11 @@ def relative_speeds(baseline: Report, other: Report) -> list[Ratio]:
     return ratios
 
 
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+
+
 def compare_plot(baseline: Report, others: list[Report], path: Path) -> Path:
+    """Write the comparison chart to ``path`` (checked first with ``check_output``; its suffix picks the format)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -631,6 +719,6 @@ def compare_plot(baseline: Report, others: list[Report], path: Path) -> Path:
     axis.set_xlabel(f"speed relative to {Path(baseline.source).name or 'baseline'} (×, log scale)")
     axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    write_atomic(path, lambda out: figure.savefig(out, dpi=110, format=path.suffix.lstrip(".").lower()))
     plt.close(figure)
     return path

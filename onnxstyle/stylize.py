@@ -9,27 +9,30 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from PIL import Image
 
-from onnxstyle.backbones import Pooling, get_backbone, parse_layers
+from onnxstyle.backbones import BackboneSpec, Pooling, get_backbone, parse_layers
 from onnxstyle.engines import EngineSpec, create_engine
-from onnxstyle.errors import NumericalError, OnnxstyleError, UsageError
-from onnxstyle.images import DEMO_CONTENT, DEMO_STYLE, check_writable, load_image, parse_size, resize, save_image, to_image, to_tensor
+from onnxstyle.errors import ImageError, Interrupted, NumericalError, OutputError, UsageError
+from onnxstyle.files import same_file
+from onnxstyle.images import (
+    DEMO_CONTENT, DEMO_STYLE, check_writable, load_image, parse_size, pixel_limit, resize, resize_dimensions, save_image, to_image,
+    to_tensor,
+)
 from onnxstyle.losses import LossTerms, LossWeights
-from onnxstyle.weights import resolve
+from onnxstyle.precision import require
+from onnxstyle.sysinfo import default_threads
+from onnxstyle.weights import ResolvedWeights, resolve
+
+if TYPE_CHECKING:
+    from onnxstyle.bench import Runner
 
 Optimizer = Literal["lbfgs", "adam"]
-
-
-class Interrupted(OnnxstyleError):
-    """Ctrl-C: the current image was saved."""
-
-    exit_code = 130
 
 
 @dataclass
@@ -52,15 +55,113 @@ class StylizeResult:
 ProgressCallback = Callable[[int, int, LossTerms], None]
 
 
-def _blend(count: int, text: str | Sequence[float] | None) -> list[float]:
+ENGINE_NAMES = {"onnxruntime": "onnxruntime", "ort": "onnxruntime", "torch": "torch"}
+MAX_SEED = 2**64 - 1
+
+
+def _finite(name: str, value: float, *, positive: bool = False) -> float:
+    """A float option that must be a real number, ≥ 0 (or > 0 when ``positive``)."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise UsageError(f"--{name} must be a finite number {'above' if positive else 'of at least'} 0, got {value}")
+    return float(value)
+
+
+def _blend(text: str | Sequence[float] | None) -> tuple[float, ...] | None:
     if text is None:
-        return [1.0] * count
-    values = [float(v) for v in (text.split(",") if isinstance(text, str) else text)]
-    if len(values) != count:
-        raise UsageError(f"--style-blend-weights has {len(values)} value(s) but {count} style image(s) were given")
-    if any(v < 0 for v in values) or sum(values) <= 0:
-        raise UsageError("--style-blend-weights must be non-negative and not all zero")
+        return None
+    if isinstance(text, str) and not text.strip():
+        raise UsageError("--style-blend-weights is empty; give one weight per style image, such as 3,7")
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        values = tuple(float(item) for item in items)
+    except (TypeError, ValueError):
+        raise UsageError(f"--style-blend-weights needs numbers such as 3,7, got '{text}'") from None
+    if not values:
+        raise UsageError("--style-blend-weights is empty; give one weight per style image, such as 3,7")
+    if any(not math.isfinite(value) or value < 0 for value in values) or sum(values) <= 0:
+        raise UsageError("--style-blend-weights must be finite, non-negative and not all zero")
     return values
+
+
+@dataclass(frozen=True)
+class StylizeConfig:
+    """Every stylize option that is not a file, checked on construction: one line per bad value, before any work."""
+
+    engine: str = "onnxruntime"
+    provider: str = "cpu"
+    model: str = "vgg19"
+    weights: str | ResolvedWeights = "auto"
+    iterations: int = 1000
+    optimizer: Optimizer = "lbfgs"
+    learning_rate: float = 0.02
+    content_weight: float = 5.0
+    style_weight: float = 100.0
+    tv_weight: float = 1e-3
+    content_layers: str | Sequence[str] | None = None
+    style_layers: str | Sequence[str] | None = None
+    style_blend_weights: str | Sequence[float] | None = None
+    style_scale: float = 1.0
+    seed: int = 0
+    original_colors: bool = False
+    pooling: Pooling = "max"
+    save_every: int = 0
+    threads: int | None = None
+    precision: str = "fp32"
+    tile: int | None = None
+    cuda_graph: bool = False
+
+    def __post_init__(self) -> None:
+        setattr_ = object.__setattr__
+        if self.engine.lower() not in ENGINE_NAMES:
+            raise UsageError(f"unknown engine '{self.engine}'; choose onnxruntime or torch")
+        setattr_(self, "engine", ENGINE_NAMES[self.engine.lower()])
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations <= 0:
+            raise UsageError(f"--iterations must be a positive whole number, got {self.iterations}")
+        if self.optimizer not in ("lbfgs", "adam"):
+            raise UsageError(f"unknown optimizer '{self.optimizer}'; choose lbfgs or adam")
+        _finite("learning-rate", self.learning_rate, positive=True)
+        for name in ("content-weight", "style-weight", "tv-weight"):
+            _finite(name, getattr(self, name.replace("-", "_")))
+        _finite("style-scale", self.style_scale, positive=True)
+        setattr_(self, "style_blend_weights", _blend(self.style_blend_weights))
+        backbone = get_backbone(self.model)
+        for option, default in (("content-layers", backbone.default_content_layers), ("style-layers", backbone.default_style_layers)):
+            names = parse_layers(getattr(self, option.replace("-", "_")), default)
+            setattr_(self, option.replace("-", "_"), tuple(backbone.validate_layers(names, option)))
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"--seed must be between 0 and 2**64-1, got {self.seed}")
+        if self.pooling not in ("max", "avg"):
+            raise UsageError(f"unknown pooling '{self.pooling}'; choose max or avg")
+        if self.save_every < 0:
+            raise UsageError(f"--save-every cannot be negative, got {self.save_every}")
+        if self.threads is not None and self.threads <= 0:
+            raise UsageError(f"--threads must be positive, got {self.threads}")
+        if self.threads is not None:
+            setattr_(self, "threads", min(self.threads, default_threads()))
+        if self.tile is not None and self.tile < 0:
+            raise UsageError(f"--tile must be positive (or 0 for never), got {self.tile}")
+        if self.cuda_graph and self.tile:
+            raise UsageError("CUDA graphs replay one fixed-shape run; they cannot be combined with tiling (use --tile 0)")
+        if self.engine == "torch":
+            from onnxstyle.engines.torch_engine import torch_device
+
+            torch_device(self.provider)
+        runner = stylize_runner(self.engine, self.provider)
+        require(runner.engine, runner.target if runner.engine == "onnxruntime" else runner.device, self.precision)
+
+    @property
+    def backbone(self) -> BackboneSpec:
+        return get_backbone(self.model)
+
+
+def stylize_runner(engine: str, provider: str) -> Runner:
+    """The bench's name for what stylize runs: an ORT provider, or torch on a device."""
+    from onnxstyle.bench import Runner
+    from onnxstyle.providers import canonical, short_name
+
+    if engine == "onnxruntime":
+        return Runner("onnxruntime", short_name(canonical(provider)))
+    return Runner(engine, "cuda" if provider.lower().startswith("cuda") else "cpu")
 
 
 def _luminance_transfer(stylised: Image.Image, content: Image.Image) -> Image.Image:
@@ -70,18 +171,26 @@ def _luminance_transfer(stylised: Image.Image, content: Image.Image) -> Image.Im
     return Image.merge("YCbCr", (luma, cb, cr)).convert("RGB")
 
 
-def _tile_for(spec: EngineSpec, engine: str, provider: str, height: int, width: int, tile: int | None) -> int | None:
-    """``tile`` None: tile only when the untiled loop would not fit in free memory; 0: never; N: a core of N px."""
-    from onnxstyle.bench import Runner, cell_tile, free_bytes
-    from onnxstyle.providers import canonical, short_name
+def _tile_for(spec: EngineSpec, config: StylizeConfig, height: int, width: int) -> int | None:
+    """``tile`` None: tile only when the untiled loop would not fit in free memory; 0: never; N: a core of N px.
 
-    if tile is not None and tile < 0:
-        raise UsageError(f"--tile must be positive (or 0 for never), got {tile}")
-    if engine.lower() in ("ort", "onnxruntime"):
-        runner = Runner("onnxruntime", short_name(canonical(provider)))
-    else:
-        runner = Runner(engine.lower(), "cuda" if provider.lower().startswith("cuda") else "cpu")
-    return cell_tile(runner, spec, width, height, tile, free_bytes(runner))
+    The bench's rule (``cell_tile``), so both refuse the same sizes with the same estimate.
+    """
+    from onnxstyle.bench import cell_tile, free_bytes
+
+    tile = 0 if config.cuda_graph and config.tile is None else config.tile
+    runner = stylize_runner(config.engine, config.provider)
+    try:
+        return cell_tile(runner, spec, width, height, tile, free_bytes(runner))
+    except UsageError as error:
+        if tile == 0 and str(error).startswith("needs"):
+            raise UsageError(f"{width}x{height} untiled {error}; leave out --tile 0 to run it tile by tile") from None
+        raise
+
+
+def _inputs(content: str | Path, styles: Sequence[str | Path], init: str) -> list[str | Path]:
+    """The run's input files (the demo images are not files), which no output may replace."""
+    return [source for source in (content, *styles, init) if str(source) not in (DEMO_CONTENT, DEMO_STYLE, "random", "content")]
 
 
 def stylize(
@@ -89,70 +198,62 @@ def stylize(
     styles: Sequence[str | Path] = (DEMO_STYLE,),
     output: str | Path = "out.png",
     *,
-    engine: str = "onnxruntime",
-    provider: str = "cpu",
-    model: str = "vgg19",
-    weights: str = "auto",
     size: int | str | tuple[int, int] = 512,
-    iterations: int = 1000,
-    optimizer: Optimizer = "lbfgs",
-    learning_rate: float = 0.02,
-    content_weight: float = 5.0,
-    style_weight: float = 100.0,
-    tv_weight: float = 1e-3,
-    content_layers: str | Sequence[str] | None = None,
-    style_layers: str | Sequence[str] | None = None,
-    style_blend_weights: str | Sequence[float] | None = None,
-    style_scale: float = 1.0,
     init: str = "random",
-    seed: int = 0,
-    original_colors: bool = False,
-    pooling: Pooling = "max",
-    save_every: int = 0,
-    threads: int | None = None,
-    precision: str = "fp32",
-    tile: int | None = None,
-    cuda_graph: bool = False,
     progress: ProgressCallback | None = None,
+    config: StylizeConfig | None = None,
+    **options: Any,
 ) -> StylizeResult:
-    """Stylise ``content`` with one or more ``styles`` and write ``output``; returns the loss history."""
-    if iterations <= 0:
-        raise UsageError(f"--iterations must be positive, got {iterations}")
-    if optimizer not in ("lbfgs", "adam"):
-        raise UsageError(f"unknown optimizer '{optimizer}'; choose lbfgs or adam")
-    if style_scale <= 0:
-        raise UsageError("--style-scale must be positive")
+    """Stylise ``content`` with one or more ``styles`` and write ``output``; returns the loss history.
+
+    ``options`` are :class:`StylizeConfig`'s fields (or pass ``config``). Everything is checked before any
+    work: options, the output (never one of the inputs), and that the image fits in memory, tiled if
+    need be. The output is only written with an image better than the start: a run that fails or is
+    interrupted before improving on it leaves an existing file as it was.
+    """
+    config = config or _config(options)
     if not styles:
         raise UsageError("at least one style image is needed")
-    output = check_writable(Path(output))
-    blend = _blend(len(styles), style_blend_weights)
-    backbone = get_backbone(model)
-    contents = backbone.validate_layers(parse_layers(content_layers, backbone.default_content_layers))
-    style_names = backbone.validate_layers(parse_layers(style_layers, backbone.default_style_layers))
+    inputs = _inputs(content, styles, init)
+    output = check_writable(Path(output), inputs)
+    for step in range(config.save_every, config.iterations, config.save_every) if config.save_every else ():
+        clash = next((source for source in inputs if Path(source).exists() and same_file(snapshot_path(output, step), source)), None)
+        if clash is not None:
+            raise OutputError(f"--save-every {config.save_every} would write {snapshot_path(output, step)}, which is an input; choose another output")
+    blend = [float(value) for value in (config.style_blend_weights or [1.0] * len(styles))]
+    if len(blend) != len(styles):
+        raise UsageError(f"--style-blend-weights has {len(blend)} value(s) but {len(styles)} style image(s) were given")
+    backbone = config.backbone
+    contents, style_names = list(config.content_layers or ()), list(config.style_layers or ())
     target_size = size if isinstance(size, tuple) else parse_size(size)
     content_image = resize(load_image(content), target_size)
     minimum = backbone.min_size([*contents, *style_names])
     if min(content_image.size) < minimum:
-        raise UsageError(
+        raise ImageError(
             f"image {content_image.width}x{content_image.height} is too small for layers up to "
             f"{backbone.truncated([*contents, *style_names])[-1].name} of {backbone.name}: needs at least {minimum}x{minimum}"
         )
-    style_side = max(minimum, round(max(content_image.size) * style_scale))
+    style_side = max(minimum, round(max(content_image.size) * config.style_scale))
+    if style_side**2 > pixel_limit():
+        raise UsageError(
+            f"--style-scale {config.style_scale:g} makes the style image {style_side} px on its long side, over the "
+            f"{pixel_limit():,}-pixel image limit; use a smaller scale"
+        )
+    resolved = config.weights if isinstance(config.weights, ResolvedWeights) else resolve(config.weights, backbone)
+    spec = EngineSpec(backbone, tuple(contents), tuple(style_names), config.pooling, resolved)
+    tile = _tile_for(spec, config, content_image.height, content_image.width)
     style_images = [resize(load_image(style), style_side) for style in styles]
-    resolved = resolve(weights, backbone)
-    spec = EngineSpec(backbone, tuple(contents), tuple(style_names), pooling, resolved)
-    tile = _tile_for(spec, engine, provider, content_image.height, content_image.width, 0 if cuda_graph and tile is None else tile)
     runner = create_engine(
-        engine, spec, provider=provider, threads=threads, sizes=[(content_image.height, content_image.width)],
-        precision=precision, tile=tile, cuda_graph=cuda_graph,
+        config.engine, spec, provider=config.provider, threads=config.threads, sizes=[(content_image.height, content_image.width)],
+        precision=config.precision, tile=tile, cuda_graph=config.cuda_graph,
     )
     device = runner.device
-    loss_weights = LossWeights((content_weight,) * len(contents), (style_weight,) * len(style_names), tv_weight)
+    loss_weights = LossWeights((config.content_weight,) * len(contents), (config.style_weight,) * len(style_names), config.tv_weight)
     runner.set_targets(
         runner.build_targets(to_tensor(content_image), [to_tensor(image) for image in style_images], blend, loss_weights)
     )
 
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(config.seed)
     if init == "content":
         start = to_tensor(content_image)
     elif init == "random":
@@ -164,20 +265,29 @@ def stylize(
     losses: list[float] = []
     saved: list[Path] = []
     last_terms: list[LossTerms] = []
+    iterations = config.iterations
 
     def finish(image: torch.Tensor, path: Path) -> Path:
         picture = to_image(image)
-        if original_colors:
+        if config.original_colors:
             picture = _luminance_transfer(picture, content_image)
         return save_image(picture, path)
+
+    def improved(loss: float | None) -> bool:
+        """Whether an image whose loss is ``loss`` is worth writing: better than the start."""
+        return bool(losses) and loss is not None and math.isfinite(loss) and loss < losses[0]
 
     def closure() -> torch.Tensor:
         terms, grad = runner.loss_and_grad(pixels.detach())
         if not math.isfinite(terms.total) or not bool(torch.isfinite(grad).all()):
-            finish(best, output)
+            last = losses[-1] if losses else None
+            if improved(last):
+                finish(best, output)
+                kept = f"saved the last good image (loss {last:.4g}) to {output}"
+            else:
+                kept = f"nothing better than the start to save; {output} was not written"
             raise NumericalError(
-                f"loss became {terms.total} at evaluation {len(losses) + 1}; saved the last good image to {output} "
-                "(try a smaller learning rate or weights)"
+                f"loss became {terms.total} at evaluation {len(losses) + 1}; {kept} (try a smaller learning rate or weights)"
             )
         best.copy_(pixels.detach())
         losses.append(terms.total)
@@ -186,28 +296,35 @@ def stylize(
         step = len(losses)
         if progress:
             progress(step, iterations, terms)
-        if save_every and step % save_every == 0 and step < iterations:
-            saved.append(finish(pixels.detach(), output.with_name(f"{output.stem}_{step}{output.suffix}")))
+        if config.save_every and step % config.save_every == 0 and step < iterations:
+            saved.append(finish(pixels.detach(), snapshot_path(output, step)))
         return torch.tensor(terms.total)
 
     started = time.perf_counter()
     try:
-        if optimizer == "lbfgs":
+        if config.optimizer == "lbfgs":
             lbfgs = torch.optim.LBFGS(
                 [pixels], lr=1.0, max_iter=iterations, max_eval=iterations, tolerance_grad=-1.0, tolerance_change=-1.0, history_size=100
             )
             lbfgs.step(closure)
         else:
-            adam = torch.optim.Adam([pixels], lr=learning_rate)
+            adam = torch.optim.Adam([pixels], lr=config.learning_rate)
             for _ in range(iterations):
                 adam.zero_grad(set_to_none=True)
                 closure()
                 adam.step()
     except KeyboardInterrupt:
-        finish(pixels.detach(), output)
-        raise Interrupted(f"interrupted after {len(losses)} iteration(s); saved the current image to {output}") from None
+        if improved(losses[-1] if losses else None):
+            finish(best, output)
+            raise Interrupted(f"interrupted after {len(losses)} iteration(s); saved the last evaluated image to {output}") from None
+        raise Interrupted(f"interrupted after {len(losses)} iteration(s), before any improvement; {output} was not written") from None
     seconds = time.perf_counter() - started
-    finish(pixels.detach(), output)
+    if not improved(losses[-1] if losses else None) and len(losses) > 1:
+        raise NumericalError(
+            f"the loss rose from {losses[0]:.4g} to {losses[-1]:.4g} over {len(losses)} iterations; {output} was not written "
+            "(try a smaller learning rate)"
+        )
+    finish(best, output)
     return StylizeResult(
         output=output,
         iterations=len(losses),
@@ -219,6 +336,19 @@ def stylize(
         final=last_terms[0] if last_terms else None,
         saved=saved,
     )
+
+
+def _config(options: dict[str, Any]) -> StylizeConfig:
+    known = {item.name for item in fields(StylizeConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UsageError(f"unknown stylize option(s): {', '.join(unknown)}")
+    return StylizeConfig(**options)
+
+
+def snapshot_path(output: Path, step: int) -> Path:
+    """Where ``--save-every`` writes the image of ``step``: beside the output (``out_100.png``)."""
+    return output.with_name(f"{output.stem}_{step}{output.suffix}")
 
 
 def parse_scales(text: str | Sequence[int | str]) -> list[tuple[int, int] | int]:
@@ -249,8 +379,13 @@ def default_scales(size: tuple[int, int] | int) -> list[tuple[int, int] | int]:
 def scale_iterations(iterations: int | str | Sequence[int], count: int) -> list[int]:
     """One count per scale; a single number N gives N at the first scale and halves it per larger scale (≥ min(N, 20))."""
     if isinstance(iterations, str):
-        iterations = [int(item) for item in iterations.split(",") if item.strip()]
+        try:
+            iterations = [int(item) for item in iterations.split(",") if item.strip()]
+        except ValueError:
+            raise UsageError(f"--scale-iterations needs whole numbers such as 200,100, got '{iterations}'") from None
     if isinstance(iterations, int):
+        if iterations <= 0:
+            raise UsageError(f"--iterations must be a positive whole number, got {iterations}")
         return [max(min(20, iterations), iterations >> index) for index in range(count)]
     counts = list(iterations)
     if len(counts) != count or any(value <= 0 for value in counts):
@@ -264,22 +399,35 @@ def stylize_scales(
     output: str | Path,
     *,
     scales: Sequence[tuple[int, int] | int],
-    iterations: int | Sequence[int],
+    iterations: int | str | Sequence[int],
     init: str = "random",
-    **options: object,
+    progress: ProgressCallback | None = None,
+    **options: Any,
 ) -> StylizeResult:
     """Multi-resolution: each scale starts from the previous result upsampled; the last one is ``output``.
 
     Intermediate results are kept beside it (``out.scale512.png``), as neural-style's multires scripts do.
+    Every scale is checked before the first starts (outputs, memory), and the weights are resolved once.
     """
     output = Path(output)
     counts = scale_iterations(iterations, len(scales))
+    config = replace(_config(options), iterations=counts[0])
+    inputs = _inputs(content, styles, init)
+    paths = [output if index == len(scales) - 1 else scale_path(output, scale) for index, scale in enumerate(scales)]
+    for path in paths:
+        check_writable(path, inputs)
+    backbone = config.backbone
+    resolved = config.weights if isinstance(config.weights, ResolvedWeights) else resolve(config.weights, backbone)
+    config = replace(config, weights=resolved)
+    spec = EngineSpec(backbone, tuple(config.content_layers or ()), tuple(config.style_layers or ()), config.pooling, resolved)
+    source = load_image(content)
+    for scale in scales:
+        width, height = resize_dimensions(source.size, scale)
+        _tile_for(spec, config, height, width)
     results: list[StylizeResult] = []
-    for index, (scale, count) in enumerate(zip(scales, counts, strict=True)):
-        label = f"{scale[0]}x{scale[1]}" if isinstance(scale, tuple) else str(scale)
-        path = output if index == len(scales) - 1 else output.with_name(f"{output.stem}.scale{label}{output.suffix}")
+    for index, (scale, count, path) in enumerate(zip(scales, counts, paths, strict=True)):
         start = init if index == 0 else str(results[-1].output)
-        results.append(stylize(content, styles, path, size=scale, iterations=count, init=start, **options))  # type: ignore[arg-type]
+        results.append(stylize(content, styles, path, size=scale, init=start, progress=progress, config=replace(config, iterations=count)))
     last = results[-1]
     return StylizeResult(
         output=last.output,
@@ -292,3 +440,9 @@ def stylize_scales(
         final=last.final,
         saved=[result.output for result in results[:-1]] + [path for result in results for path in result.saved],
     )
+
+
+def scale_path(output: Path, scale: tuple[int, int] | int) -> Path:
+    """Where a multi-resolution run keeps the result of an intermediate ``scale`` (``out.scale512.png``)."""
+    label = f"{scale[0]}x{scale[1]}" if isinstance(scale, tuple) else str(scale)
+    return output.with_name(f"{output.stem}.scale{label}{output.suffix}")

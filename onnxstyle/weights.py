@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import torch
 
 from onnxstyle.backbones import Backbone, BackboneSpec, LayerSpec
-from onnxstyle.errors import WeightsError, WeightsNotFoundError
+from onnxstyle.errors import OutputError, WeightsError, WeightsNotFoundError
+from onnxstyle.files import check_output, write_atomic
 
 TIMING_ONLY = "synthetic weights: timing only, not a real style transfer"
 SYNTHETIC_SEED = 20160101
@@ -227,30 +227,39 @@ def _verified(weight_set: WeightSet, path: Path) -> str:
 
 
 def download(weight_set: WeightSet, destination: Path | None = None) -> Path:
-    """Fetch into a temporary file, check the hash, then move into the cache (never half-written)."""
+    """Fetch into a temporary file, check the hash, then move into the cache (never half-written).
+
+    The cache folder is checked first, so an unwritable ``TORCH_HOME`` fails before a 548-MB download.
+    """
     if _offline():
         raise _not_found(weight_set, "offline (ONNXSTYLE_OFFLINE is set)")
     target = destination or search_paths(weight_set)[0]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{weight_set.filename}.", suffix=".part")
-    temp_path = Path(temp_name)
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        check_output(target, what="weights file")
+    except (OSError, OutputError) as error:
+        reason = error.strerror if isinstance(error, OSError) else str(error)
+        raise OutputError(
+            f"cannot cache weights '{weight_set.id}' in {target.parent} ({reason}); set TORCH_HOME to a writable folder "
+            "or download the file by hand and pass --weights PATH"
+        ) from None
+
+    def fetch(out: BinaryIO) -> None:
         digest = hashlib.sha256()
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(weight_set.url, timeout=30) as response:
-            for block in iter(lambda: response.read(1 << 20), b""):
-                digest.update(block)
-                out.write(block)
+        try:
+            with urllib.request.urlopen(weight_set.url, timeout=30) as response:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    digest.update(block)
+                    out.write(block)
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            raise _not_found(weight_set, f"download failed ({error})") from error
         if not weight_set.matches(digest.hexdigest()):
             raise WeightsError(
                 f"download of '{weight_set.id}' from {weight_set.url} has sha256 {digest.hexdigest()[:16]}…, "
                 f"expected {weight_set.sha256[:16]}…; nothing was saved"
             )
-        os.replace(temp_path, target)
-        return target
-    except (urllib.error.URLError, OSError, TimeoutError) as error:
-        raise _not_found(weight_set, f"download failed ({error})") from error
-    finally:
-        temp_path.unlink(missing_ok=True)
+
+    return write_atomic(target, fetch)
 
 
 def find_cached(weight_set: WeightSet) -> Path | None:
@@ -384,3 +393,38 @@ def create_backbone(
     """Resolve weights, then build, weight and freeze a backbone (the timm-style entry point)."""
     resolved = resolve(weights, backbone)
     return build_backbone(backbone, layers, pooling=pooling, resolved=resolved), resolved
+
+
+def verify(target: str) -> str:
+    """Check a catalogue id (its cached file) or a file, and say what was verified; a failure is a WeightsError.
+
+    A catalogue file is verified by its sha256 against the catalogue. A file the catalogue does not know can
+    only be checked for loading: it must be a readable checkpoint holding every layer of a backbone.
+    """
+    from onnxstyle.backbones import BACKBONES, get_backbone
+
+    entry = CATALOGUE.get(target)
+    if entry is not None:
+        resolved = resolve(target, get_backbone(entry.backbone), allow_download=False)
+        return f"{resolved.path}: sha256 {(resolved.sha256 or '')[:16]}… matches the catalogue entry '{entry.id}'"
+    path = Path(target).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"'{target}' is neither a catalogue id ({', '.join(CATALOGUE)}) nor a file")
+    digest = sha256_of(path)
+    known = next((weight_set for weight_set in CATALOGUE.values() if weight_set.matches(digest)), None)
+    if known is not None:
+        return f"{path}: sha256 {digest[:16]}… matches the catalogue entry '{known.id}'"
+    reasons = []
+    for name in BACKBONES:
+        backbone = get_backbone(name)
+        try:
+            apply_weights(Backbone(backbone, backbone.layer_names), _resolve_local(path, backbone))
+        except WeightsError as error:
+            reasons.append(str(error).splitlines()[0])
+            continue
+        return (
+            f"{path}: not in the catalogue (sha256 {digest[:16]}…, so not verified against a published file); "
+            f"it loads as a checkpoint with every {backbone.name} layer"
+        )
+    raise WeightsError(reasons[-1] if reasons else f"{path}: not a checkpoint for any known backbone")
+

@@ -151,7 +151,9 @@ class Worker:
             raise self._failure() from None
         if reply[0] == "ok":
             return reply[1]
-        raise WorkerError(reply[1])
+        error = WorkerError(reply[1])
+        error.exit_code = reply[2]  # the worker's own error class's code (5 for bad weights…), 11 for anything else
+        raise error
 
     def _failure(self, what: str | None = None) -> WorkerError:
         """Why the worker is gone: its signal or exit code, and the last error line it printed."""
@@ -304,7 +306,8 @@ def serve(address: str, parent: int) -> int:
             line = first_line(error) if str(error).strip() else ""
             if not isinstance(error, OnnxstyleError):
                 line = f"{type(error).__name__}: {line}" if line else type(error).__name__
-            reply = ("error", line)
+            code = error.exit_code if isinstance(error, OnnxstyleError) else WorkerError.exit_code
+            reply = ("error", line, code)
         connection.send(reply)
 
 

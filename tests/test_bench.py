@@ -263,7 +263,9 @@ def test_cells_can_run_tiled_and_the_plain_loop_never_is(monkeypatch):
     assert eager_cell.status == "ok" and eager_cell.tile is None
     vgg = bench.engine_spec(get_backbone("vgg19"), resolve("synthetic", get_backbone("vgg19")))
     assert bench.cell_tile(Runner("torch", "cpu"), vgg, 4096, 4096, None, 20 * 2**30)  # automatic
-    assert bench.cell_tile(Runner("torch", "cpu"), vgg, 4096, 4096, 0, 20 * 2**30) is None  # --tile 0: never
+    assert bench.cell_tile(Runner("torch", "cpu"), vgg, 1024, 1024, 0, 20 * 2**30) is None  # --tile 0: never
+    with pytest.raises(UsageError, match=r"^needs ≈44.3 GB, 20.0 GB free$"):  # ... and what does not fit untiled is refused
+        bench.cell_tile(Runner("torch", "cpu"), vgg, 4096, 4096, 0, 20 * 2**30)
     assert bench.cell_tile(Runner("torch", "cpu"), vgg, 512, 512, None, 20 * 2**30) is None  # fits: untiled
 
 
@@ -282,7 +284,7 @@ def test_ctrl_c_keeps_finished_cells(monkeypatch):
     options = BenchOptions([Runner("onnxruntime", "cpu")], [get_backbone("nin")], [(64, 64), (96, 96), (128, 128)], weights="synthetic", check=False, iterations=1, runs=1, warmup=0)
     cells, _, interrupted = run_bench(options)
     assert interrupted
-    assert [cell.status for cell in cells] == ["ok", "interrupted"]
+    assert [cell.status for cell in cells] == ["ok", "interrupted", "not run"]  # the third size was never reached
     assert cells[0].median > 0
 
 

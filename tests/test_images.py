@@ -53,5 +53,5 @@ def test_tensor_round_trip_and_atomic_save(tmp_path):
     assert Image.open(path).size == image.size and not list(tmp_path.glob("*.tmp*"))
     with pytest.raises(OutputError, match="does not exist"):
         save_image(image, tmp_path / "missing" / "out.png")
-    with pytest.raises(OutputError, match="unsupported output format"):
+    with pytest.raises(OutputError, match="unsupported image format"):
         save_image(image, tmp_path / "out.gif")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from onnxstyle.engines.base import Engine, EngineSpec
-from onnxstyle.errors import NumericalError, ProviderError
+from onnxstyle.errors import NumericalError, ProviderError, UsageError
 from onnxstyle.losses import LossTerms, gram_matrix, objective
 from onnxstyle.precision import FP16_LOSS_SCALE, autocast_dtype, exact_bf16_matmuls, require, set_tf32
 from onnxstyle.sysinfo import default_threads
@@ -20,7 +20,7 @@ def torch_device(name: str) -> torch.device:
             raise ProviderError(f"torch device {name} is not usable here: torch.cuda.is_available() is False")
         return torch.device(name)
     if name != "cpu":
-        raise ProviderError(f"unknown torch device '{name}'; use cpu or cuda[:N]")
+        raise UsageError(f"unknown torch device '{name}'; use cpu or cuda[:N]")
     return torch.device("cpu")
 
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from onnx import TensorProto, helper
 from onnxstyle import __version__
 from onnxstyle.backbones import Backbone, BackboneSpec, Pooling, get_backbone, parse_layers
 from onnxstyle.errors import ExportValidationError, OutputError, UsageError
+from onnxstyle.files import check_output, write_all
 from onnxstyle.exporters.graph import (
     DEFAULT_OPSET,
     HEIGHT,
@@ -547,16 +546,6 @@ class ExportResult:
     metadata: dict[str, object] = field(default_factory=dict)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(temp_name, path)
-    finally:
-        Path(temp_name).unlink(missing_ok=True)
-
-
 def default_stem(backbone: str, pooling: str, weights: ResolvedWeights, content: Sequence[str], style: Sequence[str], features: Sequence[str]) -> str:
     digest = hashlib.sha256(json.dumps([list(content), list(style), list(features)]).encode()).hexdigest()[:8]
     return f"{backbone}-{pooling}-{weights.id.replace(':', '_')}-{digest}"
@@ -575,30 +564,42 @@ def export_backbone(
     output: Path | None = None,
     models_dir: Path = Path("models"),
     validation_sizes: Sequence[tuple[int, int]] = VALIDATION_SIZES,
+    force: bool = False,
+    on_plan: Callable[[list[Path]], None] | None = None,
 ) -> ExportResult:
     """Write the features model, the loss+gradient model and a metadata sidecar, all validated.
 
     ``precision="fp16"`` runs the network and its adjoint in fp16 inside the graphs; inputs, outputs,
     Grams and loss sums stay fp32 (see ``NetworkGraph``).
+
+    The three paths are decided and checked before any work (``on_plan`` hears them): an explicit
+    ``output`` whose files already exist is refused unless ``force``, since ``-o dir/data.onnx`` also
+    writes ``dir/data.loss.onnx`` and ``dir/data.json``; the default store's files are named by their
+    configuration and are replaced. All three are written together or not at all.
     """
     check_opset(opset)
     if precision not in EXPORT_TOLERANCES:
         raise UsageError(f"graphs are exported in {' or '.join(EXPORT_TOLERANCES)}, not {precision} (bf16 Conv needs opset 22)")
     tolerance = EXPORT_TOLERANCES[precision]
     spec = get_backbone(backbone)
-    content = spec.validate_layers(parse_layers(content_layers, spec.default_content_layers))
-    style = spec.validate_layers(parse_layers(style_layers, spec.default_style_layers))
-    feature_layers = spec.validate_layers(parse_layers(layers, list(dict.fromkeys([*style, *content]))))
-    if output is None:
-        models_dir.mkdir(parents=True, exist_ok=True)
-        output = models_dir / "pending.features.onnx"
-    output = Path(output)
-    if output.suffix != ".onnx":
-        raise OutputError(f"{output}: the output must end in .onnx")
-    if not output.parent.is_dir() or not os.access(output.parent, os.W_OK):
-        raise OutputError(f"{output}: directory {output.parent} does not exist or is not writable")
+    content = spec.validate_layers(parse_layers(content_layers, spec.default_content_layers), "content-layers")
+    style = spec.validate_layers(parse_layers(style_layers, spec.default_style_layers), "style-layers")
+    feature_layers = spec.validate_layers(parse_layers(layers, list(dict.fromkeys([*style, *content]))), "layers")
     started = time.perf_counter()
     resolved = resolve(weights, spec)
+    if output is None:
+        models_dir.mkdir(parents=True, exist_ok=True)
+        stem = default_stem(spec.name, pooling, resolved, content, style, feature_layers) + ("" if precision == "fp32" else f"-{precision}")
+        output = models_dir / f"{stem}.features.onnx"
+        replace = True
+    else:
+        output, replace = Path(output), force
+    paths = export_paths(output)
+    for path in paths:
+        check_output(path, formats=(".onnx",) if path.suffix == ".onnx" else None, replace=replace, what="export")
+    if on_plan is not None:
+        on_plan(list(paths))
+    output, loss_path, metadata_path = paths
     features_model = build_backbone(spec, feature_layers, pooling=pooling, resolved=resolved)
     features_graph = build_features_model(features_model, resolved.preprocessing, opset=opset, precision=precision)
     onnx.checker.check_model(features_graph, full_check=True)
@@ -609,12 +610,6 @@ def export_backbone(
     )
     onnx.checker.check_model(loss_graph, full_check=True)
     records += validate_loss(loss_graph, loss_model, resolved.preprocessing, content, style, validation_sizes, tolerance=tolerance)
-    if output.name == "pending.features.onnx":
-        stem = default_stem(spec.name, pooling, resolved, content, style, feature_layers) + ("" if precision == "fp32" else f"-{precision}")
-        output = output.with_name(stem + ".features.onnx")
-    base = output.name.removesuffix(".onnx").removesuffix(".features")
-    loss_path = output.with_name(base + ".loss.onnx")
-    metadata_path = output.with_name(base + ".json")
     metadata: dict[str, object] = {
         "tool": "onnxstyle",
         "tool_version": __version__,
@@ -641,7 +636,17 @@ def export_backbone(
         },
         "export_seconds": round(time.perf_counter() - started, 2),
     }
-    _atomic_write(output, features_graph.SerializeToString())
-    _atomic_write(loss_path, loss_graph.SerializeToString())
-    _atomic_write(metadata_path, json.dumps(metadata, indent=2).encode())
+    write_all({
+        output: features_graph.SerializeToString(),
+        loss_path: loss_graph.SerializeToString(),
+        metadata_path: json.dumps(metadata, indent=2) + "\n",
+    })
     return ExportResult(output, loss_path, metadata_path, metadata)
+
+
+def export_paths(output: Path) -> tuple[Path, Path, Path]:
+    """The features model, loss model and metadata an export to ``output`` writes (``x.onnx``: x.loss.onnx, x.json)."""
+    if output.suffix != ".onnx":
+        raise OutputError(f"{output}: the output must end in .onnx")
+    base = output.name.removesuffix(".onnx").removesuffix(".features")
+    return output, output.with_name(base + ".loss.onnx"), output.with_name(base + ".json")
