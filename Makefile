@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # the dependency range is already met and pip does not fetch the newest CUDA build (several GB).
 LOCAL_TORCH := $(lastword $(sort $(foreach dir,$(PIP_FIND_LINKS),$(wildcard $(dir)/torch-*+cpu-*.whl))))
 
-.PHONY: setup demo test test-all stylize bench-reference bench-large export clean
+.PHONY: setup demo test test-all stylize bench-reference quality-reference bench-large export clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ bench-reference: $(STAMP)
 	$(BIN)/onnxstyle bench --name reference-cpu
 	$(BIN)/onnxstyle bench --model vgg --sizes 512,2048 --provider cpu,eager --iterations 1 --runs 3 --warmup 1 --name vgg19-512-2048-cpu
 	$(BIN)/onnxstyle bench --model vgg --sizes 128,256 --precision fp32,bf16,fp16 --name vgg19-precision-cpu
+
+# Time to quality with the real vgg19-q8 weights (≈1 h on 2 cores): every configuration for the same wall time.
+quality-reference: $(STAMP)
+	$(BIN)/onnxstyle converge --sizes 256,512 --seconds 60,150 --name quality-cpu
+	$(BIN)/onnxstyle converge --sizes 512 --seconds 420 --name quality-512-cpu
 
 # Tiled large images (issue: 8K): memory against image size and tile size, time per pixel (≈1.5 h on 2 cores).
 bench-large: $(STAMP)
