@@ -6,6 +6,7 @@ two implementations structurally identical (that is what export parity relies on
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -61,12 +62,9 @@ class BackboneSpec:
     def layer_names(self) -> list[str]:
         return [layer.name for layer in self.layers if layer.kind != "dropout"]
 
-    @property
-    def total_stride(self) -> int:
-        stride = 1
-        for layer in self.layers:
-            stride *= layer.stride
-        return stride
+    def stride(self, layers: Sequence[str]) -> int:
+        """Pixels per feature at the deepest of ``layers``: tile cores are multiples of it."""
+        return math.prod(layer.stride for layer in self.truncated(layers))
 
     def validate_layers(self, names: Sequence[str], option: str | None = None) -> list[str]:
         """Reject unknown names with the valid list (users often mix up VGG and NIN names), and names repeated

@@ -69,15 +69,16 @@ def providers() -> None:
     import torch
 
     from onnxstyle.providers import ort_package, probe_providers, short_name
+    from onnxstyle.runners import Runner, runner_status
 
     table = Table(title=f"execution providers ({ort_package()}, torch {torch.__version__})")
     for column in ("engine", "provider", "usable", "reason"):
         table.add_column(column)
     for status in probe_providers():
         table.add_row("onnxruntime", short_name(status.name), "yes" if status.usable else "no", status.reason)
-    table.add_row("torch", "cpu", "yes", "ok")
-    cuda_ok = torch.cuda.is_available()
-    table.add_row("torch", "cuda", "yes" if cuda_ok else "no", "ok" if cuda_ok else "torch.cuda.is_available() is False")
+    for device in ("cpu", "cuda"):
+        reason = runner_status(Runner("torch", device))
+        table.add_row("torch", device, "no" if reason else "yes", reason or "ok")
     out.print(table)
 
 
@@ -106,16 +107,11 @@ def export(
             style_layers=style_layers, pooling=pooling, opset=opset, precision=precision, output=output,  # type: ignore[arg-type]
             force=force, on_plan=plan,
         )
-    meta = result.metadata
-    validation = meta["validation"]
-    assert isinstance(validation, dict)
-    worst = {graph: max(r["error"] for r in validation["records"] if r["graph"] == graph) for graph in ("features", "loss")}
-    weights_meta = meta["weights"]
-    assert isinstance(weights_meta, dict)
-    if weights_meta["timing_only"]:
+    if result.timing_only:
         err.print("[yellow]weights: synthetic — timing only, not a real style transfer[/]")
-    out.print(f"features  {result.features_path}  (worst relative error vs torch {worst['features']:.1e} ≤ {validation['feature_tolerance']:.0e})")
-    out.print(f"loss+grad {result.loss_path}  (worst relative error vs torch autograd {worst['loss']:.1e} ≤ {validation['gradient_tolerance']:.0e})")
+    worst, tolerance = result.worst_errors, result.tolerance
+    out.print(f"features  {result.features_path}  (worst relative error vs torch {worst['features']:.1e} ≤ {tolerance:.0e})")
+    out.print(f"loss+grad {result.loss_path}  (worst relative error vs torch autograd {worst['loss']:.1e} ≤ {tolerance:.0e})")
     out.print(f"metadata  {result.metadata_path}")
 
 
@@ -133,9 +129,9 @@ def stylize(
     iterations: Annotated[Optional[int], typer.Option(help="Iterations (L-BFGS: loss+gradient evaluations); default 1000.")] = None,
     optimizer: Annotated[str, typer.Option(help="lbfgs or adam.")] = "lbfgs",
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate (pixels in [0, 1]).")] = 0.02,
-    content_weight: Annotated[float, typer.Option()] = 5.0,
-    style_weight: Annotated[float, typer.Option()] = 100.0,
-    tv_weight: Annotated[float, typer.Option()] = 1e-3,
+    content_weight: Annotated[float, typer.Option()] = 5.0,  # losses.CONTENT_WEIGHT (cli imports no torch)
+    style_weight: Annotated[float, typer.Option()] = 100.0,  # losses.STYLE_WEIGHT
+    tv_weight: Annotated[float, typer.Option()] = 1e-3,  # losses.TV_WEIGHT
     content_layers: Annotated[Optional[str], typer.Option()] = None,
     style_layers: Annotated[Optional[str], typer.Option()] = None,
     style_blend_weights: Annotated[Optional[str], typer.Option(help="One weight per style image, e.g. 3,7.")] = None,
@@ -154,22 +150,58 @@ def stylize(
 ) -> None:
     """Optimise an image so its features match CONTENT and its Gram matrices match STYLE(s)."""
     from onnxstyle.errors import UsageError
-    from onnxstyle.images import DEMO_CONTENT, DEMO_STYLE
-    from onnxstyle.images import parse_size
-    from onnxstyle.stylize import default_scales, parse_scales, stylize_scales
+    from onnxstyle.images import DEMO_CONTENT, DEMO_STYLE, parse_size
+    from onnxstyle.stylize import StylizeConfig, default_scales, parse_scales, stylize_scales
     from onnxstyle.stylize import stylize as run_stylize
 
     if demo:
-        content = content or DEMO_CONTENT
-        styles = styles or [DEMO_STYLE]
-        size = size or "256"
-        iterations = 100 if iterations is None else iterations
-        init = init or "content"
-    init = init or "random"
+        content, styles, size = content or DEMO_CONTENT, styles or [DEMO_STYLE], size or "256"
+        iterations, init = 100 if iterations is None else iterations, init or "content"
     if content is None or not styles:
         raise UsageError("give CONTENT and at least one STYLE image, or --demo")
-    total = 1000 if iterations is None else iterations
     _warn_threads(threads)
+    config = StylizeConfig(
+        engine=engine, provider=provider, model=model, weights=weights, iterations=1000 if iterations is None else iterations,
+        optimizer=optimizer, learning_rate=learning_rate, content_weight=content_weight, style_weight=style_weight,  # type: ignore[arg-type]
+        tv_weight=tv_weight, content_layers=content_layers, style_layers=style_layers, style_blend_weights=style_blend_weights,
+        style_scale=style_scale, seed=seed, original_colors=original_colors, pooling=pooling, save_every=save_every,  # type: ignore[arg-type]
+        threads=threads, precision=precision, tile=tile, cuda_graph=cuda_graph,
+    )
+    plan = parse_scales(scales) if scales else default_scales(parse_size(size or 512))
+    kept = f"{output} was not written" if not output.exists() else f"{output} was left as it was"
+    progress, report = _stylize_progress(config.iterations)
+    try:
+        with _interrupt_note(f"stylize interrupted while setting up; {kept}"):
+            if len(plan) > 1:
+                err.print(f"multi-resolution: {', '.join(str(scale) for scale in plan)}", highlight=False)
+                result = stylize_scales(
+                    content, styles, output, scales=plan, iterations=scale_iterations or config.iterations, init=init or "random",
+                    progress=report, config=config,
+                )
+            else:
+                result = run_stylize(content, styles, output, size=plan[0], init=init or "random", progress=report, config=config)
+    finally:
+        progress.stop()
+    _print_stylized(result)
+
+
+def _bench_progress(total: int) -> tuple[Progress, Any, Any]:
+    """A cells bar and the callback that names the cell and its stage; it redraws twice a second, not ten times,
+    since the parent's CPU time is counted against every window."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} cells"),
+        TextColumn("{task.fields[state]}"), TimeElapsedColumn(), console=err, refresh_per_second=2,
+    )
+    task = progress.add_task("bench", total=total, state="measuring the fp32 GEMM roof")
+
+    def on_progress(cell: Any, state: str) -> None:
+        progress.update(task, description=f"{cell.model} {cell.runner} {cell.precision} {cell.width}x{cell.height}", state=state)
+
+    return progress, task, on_progress
+
+
+def _stylize_progress(total: int) -> tuple[Progress, Any]:
+    """A progress bar (loss, it/s) and the callback that drives it; each scale of a multi-resolution run counts from 1."""
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} it/s"), TimeElapsedColumn(), console=err,
@@ -177,37 +209,22 @@ def stylize(
     task = progress.add_task("stylize", total=max(total, 1), loss="…", rate="…")
     started: list[float] = []
 
-    def report(step: int, total: int, terms: object) -> None:
+    def report(step: int, total: int, terms: Any) -> None:
         import time
 
         now = time.perf_counter()
         if not started:
             progress.start()
-        if not started or step == 1:  # each scale of a multi-resolution run counts from 1
+        if not started or step == 1:
             started[:] = [now]
         rate = (step - 1) / (now - started[0]) if step > 1 and now > started[0] else 0.0
-        progress.update(task, completed=step, total=total, loss=f"{terms.total:.4g}", rate=f"{rate:.2f}")  # type: ignore[attr-defined]
+        progress.update(task, completed=step, total=total, loss=f"{terms.total:.4g}", rate=f"{rate:.2f}")
 
-    common: dict[str, Any] = dict(
-        engine=engine, provider=provider, model=model, weights=weights, optimizer=optimizer,
-        learning_rate=learning_rate, content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
-        content_layers=content_layers, style_layers=style_layers, style_blend_weights=style_blend_weights,
-        style_scale=style_scale, seed=seed, original_colors=original_colors, pooling=pooling,
-        save_every=save_every, threads=threads, precision=precision, tile=tile, cuda_graph=cuda_graph,
-    )
-    plan = parse_scales(scales) if scales else default_scales(parse_size(size or 512))
-    kept = f"{output} was not written" if not output.exists() else f"{output} was left as it was"
-    try:
-        with _interrupt_note(f"stylize interrupted while setting up; {kept}"):
-            if len(plan) > 1:
-                err.print(f"multi-resolution: {', '.join(str(scale) for scale in plan)}", highlight=False)
-                result = stylize_scales(
-                    content, styles, output, scales=plan, iterations=scale_iterations or total, init=init, progress=report, **common
-                )
-            else:
-                result = run_stylize(content, styles, output, size=plan[0], init=init, progress=report, iterations=total, **common)
-    finally:
-        progress.stop()
+    return progress, report
+
+
+def _print_stylized(result: Any) -> None:
+    """What the run wrote and how it went, in one line (with notes on tiling and synthetic weights)."""
     where = result.engine.get("provider_effective") or result.engine.get("device")
     tiling = result.engine.get("tiling")
     if isinstance(tiling, dict):
@@ -263,69 +280,31 @@ def bench(
     """Iterations per minute by runner × model × size, beside the 2016 study; writes reports."""
     import time
 
-    from onnxstyle.bench import (
-        BenchOptions, BenchRun, Cell, check_precisions, parse_environment, parse_models, parse_precisions, parse_sizes, run_bench,
-        select_runners,
-    )
-    from onnxstyle.errors import OutputError, UsageError, WorkerError
-    from onnxstyle.report import ReportWriter, check_directory, check_stem, new_report
+    from onnxstyle.bench.options import bench_options
+    from onnxstyle.bench.records import Cell
+    from onnxstyle.bench.run import BenchRun, nothing_measured, run_bench
+    from onnxstyle.errors import OutputError
+    from onnxstyle.report import LiveReport, ReportWriter, check_directory, check_stem, new_report
     from onnxstyle.weights import resolve
 
-    models = parse_models(model)
-    size_list = parse_sizes(sizes)
-    precisions = parse_precisions(precision)
     if name:
         check_stem(name)
+    options = bench_options(
+        provider=provider, model=model, sizes=sizes, precision=precision, duration=duration, iterations=iterations, runs=runs,
+        warmup=warmup, threads=threads, weights=weights, check=check, tile=tile, cuda_graph=cuda_graph, interleave=interleave,
+        environment=env or [],
+    )
     check_directory(out_dir)
     _warn_threads(threads)
-    runners, skipped = select_runners(provider)
-    check_precisions(runners, precisions)
-    if cuda_graph:
-        from onnxstyle.bench import takes_cuda_graph
-
-        if not any(takes_cuda_graph(runner) for runner in runners):
-            raise UsageError("--cuda-graph applies to ONNX Runtime on cuda or tensorrt, and no selected runner is one")
-    if tile:
-        from onnxstyle.bench import engine_spec
-        from onnxstyle.tiling import check_tile
-
-        for spec in models:
-            check_tile(spec, engine_spec(spec, resolve("synthetic", spec)).layers, tile)
-    options = BenchOptions(
-        runners=runners, models=models, sizes=size_list, precisions=precisions, duration=None if iterations else duration,
-        iterations=iterations, runs=runs, warmup=warmup, threads=threads, weights=weights, check=check, skipped=skipped,
-        tile=tile, cuda_graph=cuda_graph, interleave=interleave, environment=parse_environment(env or []),
-    )
-    labels = {spec.name: resolve(weights, spec).label for spec in models}
+    labels = {spec.name: resolve(weights, spec).label for spec in options.models}
     if any("timing only" in label for label in labels.values()):
         err.print("[yellow]weights: synthetic — timing only (speed is what is measured; images are not meaningful)[/]")
-    total = len(runners) * len(models) * len(size_list) * len(precisions)
-    # The bar redraws twice a second, not ten times: the parent's CPU time is counted against every window.
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} cells"),
-        TextColumn("{task.fields[state]}"), TimeElapsedColumn(), console=err, refresh_per_second=2,
-    )
-    task = progress.add_task("bench", total=total, state="measuring the fp32 GEMM roof")
-
-    def on_progress(cell: Cell, state: str) -> None:
-        progress.update(task, description=f"{cell.model} {cell.runner} {cell.precision} {cell.width}x{cell.height}", state=state)
-
+    progress, task, on_progress = _bench_progress(len(options.runners) * len(options.models) * len(options.sizes) * len(options.precisions))
     stem = check_stem(name) if name else time.strftime("bench-%Y%m%d-%H%M%S")
     writer = ReportWriter(out_dir, stem)
     if writer.stem != stem:
         err.print(f"[yellow]{out_dir / stem}.* is being written by another bench that is still running; this run writes {writer.stem}.*[/]")
-    report = new_report([], options.as_dict(), {}, labels, ["onnxstyle", *sys.argv[1:]], False)
-    write_errors: list[str] = []
-
-    def save(run: BenchRun, final: bool = False) -> None:
-        """The report after every cell, so that a killed run keeps what it measured; a failed write does not stop the run."""
-        report.refresh(run.cells, run.roofs, run.interrupted)
-        try:
-            writer.write(report, final=final)
-        except OnnxstyleError as error:
-            if not write_errors:
-                progress.console.print(f"[red]could not write the report: {error}[/]", highlight=False)
-            write_errors.append(str(error))
+    live = LiveReport(writer, new_report([], options.as_dict(), {}, labels, ["onnxstyle", *sys.argv[1:]], False))
 
     def on_cell(cell: Cell, run: BenchRun) -> None:
         progress.advance(task)
@@ -333,31 +312,29 @@ def bench(
         if cell.noisy:
             figure += f"  [noisy: {'; '.join(reason['text'] for reason in cell.noise)}]"
         progress.console.print(f"  {cell.model:6} {cell.runner:14} {cell.precision:5} {cell.width}x{cell.height:<5} {figure}", highlight=False)
-        save(run)
+        if (failure := live.update(run.cells, run.roofs, run.interrupted)) is not None:
+            progress.console.print(f"[red]could not write the report: {failure}[/]", highlight=False)
 
     try:
         with progress:
             cells, roofs, interrupted = run_bench(options, progress=on_progress, on_cell=on_cell)
-        write_errors.clear()
-        save(BenchRun(cells, roofs, interrupted), final=True)
+        live.update(cells, roofs, interrupted, final=True)
     finally:
         writer.close()
-    _show(report, verdict=False)
+    _show(live.report, verdict=False)
     for kind, path in writer.paths.items():
         out.print(f"{kind:4} {path}", highlight=False)
     if writer.kept:
         err.print(f"[yellow]{writer.kept}[/]", highlight=False)
-    _verdict(report)
-    if write_errors:
-        raise OutputError(f"{write_errors[-1]}; the measurements are lost unless an earlier write of {writer.stem}.json survived")
+    _verdict(live.report)
+    if live.errors:
+        raise OutputError(f"{live.errors[-1]}; the measurements are lost unless an earlier write of {writer.stem}.json survived")
     if interrupted:
         raise typer.Exit(130)
-    if not report.measured():
-        failed = [cell for cell in cells if cell.status == "failed"]
-        first = (failed or [cell for cell in cells if cell.reason] or cells)[0]
+    if (unmeasured := nothing_measured(cells)) is not None:
         err.print("[red]error:[/] ", end="")
-        err.print(f"no cell was measured; {first.model} {first.runner} {first.width}x{first.height}: {first.reason}", highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(failed[0].error_code or WorkerError.exit_code if failed else UsageError.exit_code)
+        err.print(unmeasured[0], highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(unmeasured[1])
 
 
 @app.command()
@@ -373,9 +350,12 @@ def converge(
     """Time to quality: every configuration runs the same problem for the same wall time; the fp32 torch loss scores its snapshots."""
     import time
 
-    from onnxstyle.bench import parse_sizes
-    from onnxstyle.quality import COLUMNS, DEFAULT_CONFIGS, converge as run_converge, parse_configs, table_rows, write
-    from onnxstyle.report import check_directory, check_stem
+    from onnxstyle.bench.options import parse_sizes
+    from onnxstyle.errors import Interrupted, OutputError
+    from onnxstyle.quality import DEFAULT_CONFIGS, parse_configs
+    from onnxstyle.quality import converge as run_converge
+    from onnxstyle.report import check_directory, check_stem, to_rich
+    from onnxstyle.report.quality import measured_in, quality_table, write
 
     check_directory(out_dir)
     stem = check_stem(name) if name else time.strftime("quality-%Y%m%d-%H%M%S")
@@ -386,22 +366,43 @@ def converge(
         raise UsageError(f"--seconds needs numbers such as 60 or 60,150, got '{seconds}'") from None
     _warn_threads(threads)
     chosen = parse_configs(configs or DEFAULT_CONFIGS)
-    with _interrupt_note("converge interrupted: nothing was written"), err.status("…") as status:
-        report = run_converge(
-            configs=chosen, sizes=size_list, seconds=budgets, weights=weights, threads=threads,
-            progress=lambda text: status.update(text),
-        )
-    report.options["command"] = ["onnxstyle", *sys.argv[1:]]
+    command = ["onnxstyle", *sys.argv[1:]]
+    written: dict[str, Path] = {}
+    existing = out_dir / f"{stem}.json"
+    previous = measured_in(existing) if existing.exists() else 0
+
+    write_errors: list[str] = []
+
+    def save(report: Any) -> None:
+        """After every configuration: an interrupted or killed run keeps what it measured, and never replaces a fuller
+        report; a failed write is said once and the run goes on (the last error ends the command)."""
+        report.options["command"] = command
+        try:
+            paths = write(report, out_dir, stem, previous=previous)
+        except OnnxstyleError as error:
+            if not write_errors:
+                err.print(f"[red]could not write the report: {error}[/]", highlight=False)
+            write_errors.append(str(error))
+            return
+        written.clear()
+        written.update(paths)
+
+    kept = lambda: f"kept {written['json']} with the configurations measured so far" if written else "nothing was measured yet"  # noqa: E731
+    try:
+        with err.status("…") as status:
+            report = run_converge(
+                configs=chosen, sizes=size_list, seconds=budgets, weights=weights, threads=threads,
+                progress=lambda text: status.update(text), on_update=save,
+            )
+    except KeyboardInterrupt:
+        raise Interrupted(f"converge interrupted; {kept()}") from None
     if "timing only" in report.weights:
         err.print("[yellow]weights: synthetic — losses of synthetic weights say nothing about image quality[/]")
-    table = Table(title=f"time to quality (weights {report.weights})")
-    for column in COLUMNS:
-        table.add_column(column, justify="left" if column in ("size", "configuration") else "right")
-    for row in table_rows(report):
-        table.add_row(*row)
-    out.print(table)
-    for kind, path in write(report, out_dir, stem).items():
+    out.print(to_rich(quality_table(report)))
+    for kind, path in written.items():
         out.print(f"{kind:4} {path}", highlight=False)
+    if write_errors:
+        raise OutputError(write_errors[-1])
 
 
 @app.command()
@@ -450,15 +451,15 @@ def profile(
 
 
 def _show(report: object, verdict: bool = True) -> None:
-    from onnxstyle.report import Report, detail_table, speed_table, system_lines
+    from onnxstyle.report import Report, detail_table, speed_table, system_lines, to_rich
 
     assert isinstance(report, Report)
     for line in system_lines(report):
         out.print(line, highlight=False, markup=False)
     if report.interrupted:
         out.print("[yellow]interrupted: unfinished cells are marked[/]")
-    out.print(speed_table(report))
-    out.print(detail_table(report))
+    out.print(to_rich(speed_table(report)))
+    out.print(to_rich(detail_table(report)))
     if verdict:
         _verdict(report)
 
@@ -491,10 +492,19 @@ def _interrupt(signum: int, frame: object) -> None:
 
 @report_app.command("show")
 def report_show(path: Annotated[Path, typer.Argument(help="A bench report (.json).")]) -> None:
-    """Re-render a saved bench report."""
-    from onnxstyle.report import load_report
+    """Re-render a saved bench or quality (converge) report."""
+    from onnxstyle.report import to_rich
+    from onnxstyle.report.quality import SCHEMA as QUALITY_SCHEMA
+    from onnxstyle.report.quality import QualityReport, quality_table
+    from onnxstyle.report.schema import Report, read_json
 
-    _show(load_report(path))
+    data = read_json(path)
+    if isinstance(data, dict) and data.get("schema") == QUALITY_SCHEMA:
+        quality = QualityReport.from_json(data, str(path))
+        out.print(f"machine: {quality.system.get('cpu', '?')}; weights {quality.weights}; created {quality.created}", highlight=False, markup=False)
+        out.print(to_rich(quality_table(quality)))
+        return
+    _show(Report.from_json(data, str(path)))
 
 
 @report_app.command("compare")
@@ -504,41 +514,28 @@ def report_compare(
 ) -> None:
     """How the machines differ, then each cell's speed relative to the first report (± uncertainty)."""
     from onnxstyle.errors import UsageError
-    from onnxstyle.report import compare_plot, load_report, machine_differences, relative_speeds
+    from onnxstyle.files import check_output
+    from onnxstyle.report import PLOT_FORMATS, compare_plot, differences_table, load_report, ratio_table, to_rich
 
     if len(paths) < 2:
         raise UsageError("report compare needs at least two reports (the first is the baseline)")
-    from onnxstyle.files import check_output
-    from onnxstyle.report import PLOT_FORMATS
-
     check_output(plot_path, formats=PLOT_FORMATS, what="plot")
     reports = [load_report(path) for path in paths]
     names = [path.name for path in paths]
-    differences = Table()
-    differences.add_column("fact")
-    for label in names:
-        differences.add_column(label)
-    for row in machine_differences(reports):
-        differences.add_row(*row)
-    if differences.row_count == 0:
+    differences = differences_table(reports, names)
+    if not differences.rows:
         out.print("machines and software: identical fingerprints")
     else:
         out.print("[bold]how the machines and software differ[/bold]")
-        out.print(differences)
+        out.print(to_rich(differences))
     baseline = reports[0]
     for other, label in zip(reports[1:], names[1:], strict=True):
-        ratios = relative_speeds(baseline, other)
-        table = Table()
-        for column in ("model", "runner", "precision", "size", f"it/min {names[0]}", f"it/min {label}", "ratio"):
-            table.add_column(column, justify="left" if column in ("model", "runner", "precision") else "right")
-        for ratio in ratios:
-            runner, model, width, height, precision = ratio.key
-            table.add_row(model, runner, precision, f"{width}x{height}", f"{ratio.baseline:,.1f}", f"{ratio.other:,.1f}", f"{ratio.ratio:.2f}× ±{ratio.uncertainty:.2f}")
-        if not ratios:
+        table = ratio_table(baseline, other, names[0], label)
+        if not table.rows:
             out.print(f"{label}: no cells in common with {names[0]}")
         else:
             out.print(f"[bold]{label} relative to {names[0]}[/bold] (ratio >1 is faster; ± from both runs' spreads)", highlight=False)
-            out.print(table)
+            out.print(to_rich(table))
     out.print(f"plot {compare_plot(baseline, reports[1:], plot_path)}", highlight=False)
 
 

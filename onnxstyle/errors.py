@@ -7,6 +7,16 @@ table is generated from it (``python -m onnxstyle.errors``), and a test keeps th
 from __future__ import annotations
 
 
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an error, cut to 300 characters: what a table cell or a log line can hold."""
+    text = str(error).strip() or type(error).__name__
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            return line[:300]
+    return text[:300]
+
+
 class OnnxstyleError(Exception):
     """Base class: the CLI prints ``str(error)`` as one line and exits with ``exit_code``."""
 

@@ -180,3 +180,9 @@ def save_image(image: Image.Image, path: Path) -> Path:
     path = check_writable(Path(path))
     image_format = SAVE_FORMATS[path.suffix.lower()]
     return write_atomic(path, lambda out: image.save(out, format=image_format))
+
+
+def demo_pair(width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The built-in content and style images at exactly width×height, as (1, 3, H, W) tensors."""
+    side = max(width, height)
+    return to_tensor(demo_content(side).resize((width, height))), to_tensor(demo_style(side).resize((width, height)))

@@ -11,6 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
+# jcjohnson/neural-style's defaults, per content layer and per style layer, and for total variation.
+CONTENT_WEIGHT = 5.0
+STYLE_WEIGHT = 100.0
+TV_WEIGHT = 1e-3
+
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     channels = features.shape[1]
@@ -41,6 +46,11 @@ class LossWeights:
     content: tuple[float, ...]
     style: tuple[float, ...]
     tv: float
+
+    @classmethod
+    def neural_style(cls, content_layers: int, style_layers: int) -> LossWeights:
+        """The defaults (content 5, style 100 per layer, TV 1e-3) for this many content and style layers."""
+        return cls((CONTENT_WEIGHT,) * content_layers, (STYLE_WEIGHT,) * style_layers, TV_WEIGHT)
 
 
 @dataclass

@@ -91,8 +91,9 @@ def profile_loss(
     ``winograd`` None lets the engine choose (CPU fp32: the wide 3×3 layers), so the figures are what
     ``stylize`` and ``bench`` run; True/False forces it for an A/B.
     """
-    from onnxstyle.bench import demo_pair, engine_spec, loss_weights
+    from onnxstyle.engines import EngineSpec
     from onnxstyle.engines.onnxruntime_engine import OnnxRuntimeEngine
+    from onnxstyle.images import demo_pair
     from onnxstyle.providers import ProviderConfig, canonical
     from onnxstyle.sysinfo import default_threads
     from onnxstyle.weights import resolve
@@ -100,7 +101,7 @@ def profile_loss(
     if runs <= 0 or warmup < 0:
         raise UsageError(f"--runs must be positive and --warmup not negative, got {runs} and {warmup}")
     backbone = get_backbone(model)
-    spec = engine_spec(backbone, resolve(weights, backbone))
+    spec = EngineSpec.defaults(backbone, resolve(weights, backbone))
     width, height = size
     minimum = backbone.min_size(spec.layers)
     if min(width, height) < minimum:
@@ -109,7 +110,7 @@ def profile_loss(
         config = ProviderConfig(canonical(provider), threads=threads or default_threads(), profile_prefix=str(Path(directory) / "loss"))
         engine = OnnxRuntimeEngine(spec, config, [(height, width)], winograd=winograd)
         content, style = demo_pair(width, height)
-        engine.set_targets(engine.build_targets(content, [style], [1.0], loss_weights(backbone)))
+        engine.set_targets(engine.build_targets(content, [style], [1.0], spec.loss_weights()))
         image = content.to(engine.device)
         for _ in range(warmup + runs):
             engine.loss_and_grad(image)

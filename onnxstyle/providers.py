@@ -1,7 +1,7 @@
 """ONNX Runtime execution providers: names, options, and proof of which one actually runs.
 
 ORT lists compiled-in providers even when their libraries are missing and then silently runs on
-the CPU (REFERENCE §6). A benchmark built on that would lie, so every accelerator session is created
+the CPU. A benchmark built on that would lie, so every accelerator session is created
 with CPU fallback disabled and checked with ``get_providers()`` afterwards.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onnxstyle.errors import ProviderError, UsageError
+from onnxstyle.errors import ProviderError, UsageError, first_line
 
 ALIASES: dict[str, str] = {
     "cpu": "CPUExecutionProvider",
@@ -45,7 +45,12 @@ def canonical(name: str) -> str:
 # session without CPU fallback refuses and a CUDA graph cannot capture. With static inputs ORT folds it
 # all to constants. CPU runs dynamic shapes natively; TensorRT takes them through optimisation profiles.
 DYNAMIC_SHAPE_PROVIDERS = ("CPUExecutionProvider", "TensorrtExecutionProvider")
-CUDA_GRAPH_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+# Providers whose inputs and outputs live in CUDA memory: IO binding on the device, CUDA graphs, torch's "cuda".
+CUDA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+# Runner targets (provider short names and torch devices) that compute on the host CPU.
+CPU_TARGETS = ("cpu", "openvino", "xnnpack")
+# Runner targets whose tensors live in CUDA memory (the short names of CUDA_PROVIDERS, and torch's "cuda").
+CUDA_TARGETS = ("cuda", "tensorrt")
 
 
 def short_name(provider: str) -> str:
@@ -199,15 +204,6 @@ def verify_provider(effective: Sequence[str], requested: str) -> None:
             f"provider {short_name(requested)} was requested but the session runs on {', '.join(effective) or 'nothing'}; "
             "refusing a silent fallback"
         )
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    for line in text.splitlines():
-        line = line.strip()
-        if line:
-            return line[:300]
-    return text[:300]
 
 
 def ort_package() -> str:

@@ -11,26 +11,36 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from PIL import Image
 
 from onnxstyle.backbones import BackboneSpec, Pooling, get_backbone, parse_layers
-from onnxstyle.engines import EngineSpec, create_engine
+from onnxstyle.engines import EngineSpec, create_engine, engine_name
 from onnxstyle.errors import ImageError, Interrupted, NumericalError, OutputError, UsageError
 from onnxstyle.files import same_file
 from onnxstyle.images import (
-    DEMO_CONTENT, DEMO_STYLE, check_writable, load_image, parse_size, pixel_limit, resize, resize_dimensions, save_image, to_image,
+    DEMO_CONTENT,
+    DEMO_STYLE,
+    check_writable,
+    load_image,
+    parse_size,
+    pixel_limit,
+    resize,
+    resize_dimensions,
+    save_image,
+    to_image,
     to_tensor,
 )
-from onnxstyle.losses import LossTerms, LossWeights
+from onnxstyle.losses import CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT, LossTerms, LossWeights
+from onnxstyle.memory import free_bytes
 from onnxstyle.precision import require
+from onnxstyle.providers import canonical, short_name
+from onnxstyle.runners import Runner
 from onnxstyle.sysinfo import default_threads
+from onnxstyle.tiling import tile_for
 from onnxstyle.weights import ResolvedWeights, resolve
-
-if TYPE_CHECKING:
-    from onnxstyle.bench import Runner
 
 Optimizer = Literal["lbfgs", "adam"]
 
@@ -56,7 +66,6 @@ class StylizeResult:
 ProgressCallback = Callable[[int, int, LossTerms], None]
 
 
-ENGINE_NAMES = {"onnxruntime": "onnxruntime", "ort": "onnxruntime", "torch": "torch"}
 MAX_SEED = 2**64 - 1
 
 
@@ -95,9 +104,9 @@ class StylizeConfig:
     iterations: int = 1000
     optimizer: Optimizer = "lbfgs"
     learning_rate: float = 0.02
-    content_weight: float = 5.0
-    style_weight: float = 100.0
-    tv_weight: float = 1e-3
+    content_weight: float = CONTENT_WEIGHT
+    style_weight: float = STYLE_WEIGHT
+    tv_weight: float = TV_WEIGHT
     content_layers: str | Sequence[str] | None = None
     style_layers: str | Sequence[str] | None = None
     style_blend_weights: str | Sequence[float] | None = None
@@ -113,9 +122,7 @@ class StylizeConfig:
 
     def __post_init__(self) -> None:
         setattr_ = object.__setattr__
-        if self.engine.lower() not in ENGINE_NAMES:
-            raise UsageError(f"unknown engine '{self.engine}'; choose onnxruntime or torch")
-        setattr_(self, "engine", ENGINE_NAMES[self.engine.lower()])
+        setattr_(self, "engine", engine_name(self.engine))
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations <= 0:
             raise UsageError(f"--iterations must be a positive whole number, got {self.iterations}")
         if self.optimizer not in ("lbfgs", "adam"):
@@ -157,9 +164,6 @@ class StylizeConfig:
 
 def stylize_runner(engine: str, provider: str) -> Runner:
     """The bench's name for what stylize runs: an ORT provider, or torch on a device."""
-    from onnxstyle.bench import Runner
-    from onnxstyle.providers import canonical, short_name
-
     if engine == "onnxruntime":
         return Runner("onnxruntime", short_name(canonical(provider)))
     return Runner(engine, "cuda" if provider.lower().startswith("cuda") else "cpu")
@@ -175,14 +179,12 @@ def _luminance_transfer(stylised: Image.Image, content: Image.Image) -> Image.Im
 def _tile_for(spec: EngineSpec, config: StylizeConfig, height: int, width: int) -> int | None:
     """``tile`` None: tile only when the untiled loop would not fit in free memory; 0: never; N: a core of N px.
 
-    The bench's rule (``cell_tile``), so both refuse the same sizes with the same estimate.
+    The bench's rule (``tiling.tile_for``), so both refuse the same sizes with the same estimate.
     """
-    from onnxstyle.bench import cell_tile, free_bytes
-
     tile = 0 if config.cuda_graph and config.tile is None else config.tile
     runner = stylize_runner(config.engine, config.provider)
     try:
-        return cell_tile(runner, spec, width, height, tile, free_bytes(runner))
+        return tile_for(runner.engine, spec, width, height, tile, free_bytes(runner.device))
     except UsageError as error:
         if tile == 0 and str(error).startswith("needs"):
             raise UsageError(f"{width}x{height} untiled {error}; leave out --tile 0 to run it tile by tile") from None
@@ -221,26 +223,15 @@ def stylize(
     interrupted before improving on it leaves an existing file as it was.
     """
     config = config or _config(options)
-    if not styles:
-        raise UsageError("at least one style image is needed")
-    inputs = _inputs(content, styles, init)
-    output = check_writable(Path(output), inputs)
-    for step in range(config.save_every, config.iterations, config.save_every) if config.save_every else ():
-        clash = next((source for source in inputs if Path(source).exists() and same_file(snapshot_path(output, step), source)), None)
-        if clash is not None:
-            raise OutputError(f"--save-every {config.save_every} would write {snapshot_path(output, step)}, which is an input; choose another output")
-    blend = [float(value) for value in (config.style_blend_weights or [1.0] * len(styles))]
-    if len(blend) != len(styles):
-        raise UsageError(f"--style-blend-weights has {len(blend)} value(s) but {len(styles)} style image(s) were given")
+    output, blend = _check_outputs(config, content, styles, output, init)
     backbone = config.backbone
-    contents, style_names = list(config.content_layers or ()), list(config.style_layers or ())
-    target_size = size if isinstance(size, tuple) else parse_size(size)
-    content_image = resize(load_image(content), target_size)
-    minimum = backbone.min_size([*contents, *style_names])
+    layers = [*(config.content_layers or ()), *(config.style_layers or ())]
+    content_image = resize(load_image(content), size if isinstance(size, tuple) else parse_size(size))
+    minimum = backbone.min_size(layers)
     if min(content_image.size) < minimum:
         raise ImageError(
             f"image {content_image.width}x{content_image.height} is too small for layers up to "
-            f"{backbone.truncated([*contents, *style_names])[-1].name} of {backbone.name}: needs at least {minimum}x{minimum}"
+            f"{backbone.truncated(layers)[-1].name} of {backbone.name}: needs at least {minimum}x{minimum}"
         )
     style_side = max(minimum, round(max(content_image.size) * config.style_scale))
     if style_side**2 > pixel_limit():
@@ -249,113 +240,151 @@ def stylize(
             f"{pixel_limit():,}-pixel image limit; use a smaller scale"
         )
     resolved = config.weights if isinstance(config.weights, ResolvedWeights) else resolve(config.weights, backbone)
-    spec = EngineSpec(backbone, tuple(contents), tuple(style_names), config.pooling, resolved)
+    spec = EngineSpec(backbone, tuple(config.content_layers or ()), tuple(config.style_layers or ()), config.pooling, resolved)
     tile = _tile_for(spec, config, content_image.height, content_image.width)
     style_images = [resize(load_image(style), style_side) for style in styles]
-    runner = create_engine(
+    engine = create_engine(
         config.engine, spec, provider=config.provider, threads=config.threads, sizes=[(content_image.height, content_image.width)],
         precision=config.precision, tile=tile, cuda_graph=config.cuda_graph,
     )
-    device = runner.device
-    loss_weights = LossWeights((config.content_weight,) * len(contents), (config.style_weight,) * len(style_names), config.tv_weight)
-    runner.set_targets(
-        runner.build_targets(to_tensor(content_image), [to_tensor(image) for image in style_images], blend, loss_weights)
+    loss_weights = LossWeights((config.content_weight,) * len(spec.content_layers), (config.style_weight,) * len(spec.style_layers), config.tv_weight)
+    engine.set_targets(engine.build_targets(to_tensor(content_image), [to_tensor(image) for image in style_images], blend, loss_weights))
+    run = _Optimisation(engine, config, _start_image(init, content_image, config.seed), output, content_image, progress)
+    run.optimise()
+    return StylizeResult(
+        output=output,
+        iterations=len(run.losses),
+        losses=run.losses,
+        seconds=run.seconds,
+        engine=engine.describe(),
+        weights=resolved.label,
+        timing_only=resolved.weight_set.synthetic,
+        final=run.last_terms,
+        saved=run.saved,
+        image=run.best.detach().cpu().clone(),
     )
 
-    generator = torch.Generator().manual_seed(config.seed)
-    if isinstance(init, torch.Tensor):
-        start = _resized(init.detach().float().cpu(), content_image.height, content_image.width).clamp(0.0, 1.0)
-    elif init == "content":
-        start = to_tensor(content_image)
-    elif init == "random":
-        start = torch.randn(to_tensor(content_image).shape, generator=generator) * 0.1 + 0.5
-    else:
-        start = to_tensor(resize(load_image(init), (content_image.width, content_image.height)))
-    pixels = start.to(device).clone().requires_grad_(True)
-    best = pixels.detach().clone()
-    losses: list[float] = []
-    saved: list[Path] = []
-    last_terms: list[LossTerms] = []
-    iterations = config.iterations
 
-    def finish(image: torch.Tensor, path: Path) -> Path:
+def _check_outputs(
+    config: StylizeConfig, content: str | Path, styles: Sequence[str | Path], output: str | Path, init: str | torch.Tensor
+) -> tuple[Path, list[float]]:
+    """(the checked output path, one blend weight per style): no file the run writes may be one of its inputs."""
+    if not styles:
+        raise UsageError("at least one style image is needed")
+    inputs = _inputs(content, styles, init)
+    checked = check_writable(Path(output), inputs)
+    for step in range(config.save_every, config.iterations, config.save_every) if config.save_every else ():
+        clash = next((source for source in inputs if Path(source).exists() and same_file(snapshot_path(checked, step), source)), None)
+        if clash is not None:
+            raise OutputError(f"--save-every {config.save_every} would write {snapshot_path(checked, step)}, which is an input; choose another output")
+    blend = [float(value) for value in (config.style_blend_weights or [1.0] * len(styles))]
+    if len(blend) != len(styles):
+        raise UsageError(f"--style-blend-weights has {len(blend)} value(s) but {len(styles)} style image(s) were given")
+    return checked, blend
+
+
+def _start_image(init: str | torch.Tensor, content_image: Image.Image, seed: int) -> torch.Tensor:
+    """The first image: a tensor passed on (a previous scale), the content, seeded noise, or an image file."""
+    if isinstance(init, torch.Tensor):
+        return _resized(init.detach().float().cpu(), content_image.height, content_image.width).clamp(0.0, 1.0)
+    if init == "content":
+        return to_tensor(content_image)
+    if init == "random":
+        return torch.randn(to_tensor(content_image).shape, generator=torch.Generator().manual_seed(seed)) * 0.1 + 0.5
+    return to_tensor(resize(load_image(init), (content_image.width, content_image.height)))
+
+
+class _Optimisation:
+    """One optimisation of the pixels: the loss history, the image of the last good evaluation, and the rule
+    that an output is only ever written with an image better than the start."""
+
+    def __init__(
+        self, engine: Any, config: StylizeConfig, start: torch.Tensor, output: Path, content_image: Image.Image,
+        progress: ProgressCallback | None,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.output = output
+        self.content_image = content_image
+        self.progress = progress
+        self.pixels = start.to(engine.device).clone().requires_grad_(True)
+        self.best = self.pixels.detach().clone()
+        self.losses: list[float] = []
+        self.saved: list[Path] = []
+        self.last_terms: LossTerms | None = None
+        self.seconds = 0.0  # the optimisation's wall time, without writing the output
+
+    def finish(self, image: torch.Tensor, path: Path) -> Path:
         picture = to_image(image)
-        if config.original_colors:
-            picture = _luminance_transfer(picture, content_image)
+        if self.config.original_colors:
+            picture = _luminance_transfer(picture, self.content_image)
         return save_image(picture, path)
 
-    def improved(loss: float | None) -> bool:
-        """Whether an image whose loss is ``loss`` is worth writing: better than the start."""
-        return bool(losses) and loss is not None and math.isfinite(loss) and loss < losses[0]
+    def improved(self) -> bool:
+        """Whether the last evaluated image is worth writing: better than the start."""
+        last = self.losses[-1] if self.losses else None
+        return last is not None and math.isfinite(last) and last < self.losses[0]
 
-    def closure() -> torch.Tensor:
-        terms, grad = runner.loss_and_grad(pixels.detach())
+    def closure(self) -> torch.Tensor:
+        terms, grad = self.engine.loss_and_grad(self.pixels.detach())
+        losses, output = self.losses, self.output
         if not math.isfinite(terms.total) or not bool(torch.isfinite(grad).all()):
-            last = losses[-1] if losses else None
-            if improved(last):
-                finish(best, output)
-                kept = f"saved the last good image (loss {last:.4g}) to {output}"
+            if self.improved():
+                self.finish(self.best, output)
+                kept = f"saved the last good image (loss {losses[-1]:.4g}) to {output}"
             else:
                 kept = f"nothing better than the start to save; {output} was not written"
             raise NumericalError(
                 f"loss became {terms.total} at evaluation {len(losses) + 1}; {kept} (try a smaller learning rate or weights)"
             )
-        best.copy_(pixels.detach())
+        self.best.copy_(self.pixels.detach())
         losses.append(terms.total)
-        last_terms[:] = [terms]
+        self.last_terms = terms
         # L-BFGS sees the loss in units of the first one: its curvature test (s·y > 1e-10) and first step
         # (1/|g|₁) are absolute, and real VGG19 losses of ~1e8 (pixels in [0, 1], Caffe's 0-255 inside)
         # made it skip every update and explode on a raw gradient step. Adam is invariant to the scale.
-        scale = max(abs(losses[0]), 1e-30) if config.optimizer == "lbfgs" else 1.0
-        pixels.grad = grad.to(pixels.dtype) / scale
-        step = len(losses)
-        if progress:
-            progress(step, iterations, terms)
-        if config.save_every and step % config.save_every == 0 and step < iterations:
-            saved.append(finish(pixels.detach(), snapshot_path(output, step)))
+        scale = max(abs(losses[0]), 1e-30) if self.config.optimizer == "lbfgs" else 1.0
+        self.pixels.grad = grad.to(self.pixels.dtype) / scale
+        step, every = len(losses), self.config.save_every
+        if self.progress:
+            self.progress(step, self.config.iterations, terms)
+        if every and step % every == 0 and step < self.config.iterations:
+            self.saved.append(self.finish(self.pixels.detach(), snapshot_path(output, step)))
         return torch.tensor(terms.total / scale)
 
-    started = time.perf_counter()
-    try:
-        if config.optimizer == "lbfgs":
-            # With real VGG19 weights, plain L-BFGS (lr 1, no line search, as neural-style) crawled at 128 px
-            # (loss −74% in 100 evaluations, against −99% with the strong-Wolfe line search; 256 px: −97% either
-            # way). Evaluations still count as iterations: the line search spends them from the same budget.
-            lbfgs = torch.optim.LBFGS(
-                [pixels], lr=1.0, max_iter=iterations, max_eval=iterations, tolerance_grad=-1.0, tolerance_change=-1.0,
-                history_size=100, line_search_fn="strong_wolfe",
+    def optimise(self) -> None:
+        """Run the optimiser's budget, then write the output; Ctrl-C writes it only when it improved on the start."""
+        iterations, output = self.config.iterations, self.output
+        started = time.perf_counter()
+        try:
+            if self.config.optimizer == "lbfgs":
+                # With real VGG19 weights, plain L-BFGS (lr 1, no line search, as neural-style) crawled at 128 px
+                # (loss −74% in 100 evaluations, against −99% with the strong-Wolfe line search; 256 px: −97% either
+                # way). Evaluations still count as iterations: the line search spends them from the same budget.
+                lbfgs = torch.optim.LBFGS(
+                    [self.pixels], lr=1.0, max_iter=iterations, max_eval=iterations, tolerance_grad=-1.0, tolerance_change=-1.0,
+                    history_size=100, line_search_fn="strong_wolfe",
+                )
+                lbfgs.step(self.closure)
+            else:
+                adam = torch.optim.Adam([self.pixels], lr=self.config.learning_rate)
+                for _ in range(iterations):
+                    adam.zero_grad(set_to_none=True)
+                    self.closure()
+                    adam.step()
+        except KeyboardInterrupt:
+            count = len(self.losses)
+            if self.improved():
+                self.finish(self.best, output)
+                raise Interrupted(f"interrupted after {count} iteration(s); saved the last evaluated image to {output}") from None
+            raise Interrupted(f"interrupted after {count} iteration(s), before any improvement; {output} was not written") from None
+        self.seconds = time.perf_counter() - started
+        if not self.improved() and len(self.losses) > 1:
+            raise NumericalError(
+                f"the loss rose from {self.losses[0]:.4g} to {self.losses[-1]:.4g} over {len(self.losses)} iterations; {output} was not written "
+                "(try a smaller learning rate)"
             )
-            lbfgs.step(closure)
-        else:
-            adam = torch.optim.Adam([pixels], lr=config.learning_rate)
-            for _ in range(iterations):
-                adam.zero_grad(set_to_none=True)
-                closure()
-                adam.step()
-    except KeyboardInterrupt:
-        if improved(losses[-1] if losses else None):
-            finish(best, output)
-            raise Interrupted(f"interrupted after {len(losses)} iteration(s); saved the last evaluated image to {output}") from None
-        raise Interrupted(f"interrupted after {len(losses)} iteration(s), before any improvement; {output} was not written") from None
-    seconds = time.perf_counter() - started
-    if not improved(losses[-1] if losses else None) and len(losses) > 1:
-        raise NumericalError(
-            f"the loss rose from {losses[0]:.4g} to {losses[-1]:.4g} over {len(losses)} iterations; {output} was not written "
-            "(try a smaller learning rate)"
-        )
-    finish(best, output)
-    return StylizeResult(
-        output=output,
-        iterations=len(losses),
-        losses=losses,
-        seconds=seconds,
-        engine=runner.describe(),
-        weights=resolved.label,
-        timing_only=resolved.weight_set.synthetic,
-        final=last_terms[0] if last_terms else None,
-        saved=saved,
-        image=best.detach().cpu().clone(),
-    )
+        self.finish(self.best, output)
 
 
 def _config(options: dict[str, Any]) -> StylizeConfig:
@@ -422,6 +451,7 @@ def stylize_scales(
     iterations: int | str | Sequence[int],
     init: str | torch.Tensor = "random",
     progress: ProgressCallback | None = None,
+    config: StylizeConfig | None = None,
     **options: Any,
 ) -> StylizeResult:
     """Multi-resolution: each scale starts from the previous result upsampled; the last one is ``output``.
@@ -436,7 +466,7 @@ def stylize_scales(
     """
     output = Path(output)
     counts = scale_iterations(iterations, len(scales))
-    config = replace(_config(options), iterations=counts[0])
+    config = replace(config or _config(options), iterations=counts[0])
     inputs = _inputs(content, styles, init)
     paths = [output if index == len(scales) - 1 else scale_path(output, scale) for index, scale in enumerate(scales)]
     for path in paths:

@@ -24,6 +24,7 @@ from onnxstyle.backbones import BackboneSpec
 from onnxstyle.engines.base import Engine, EngineSpec
 from onnxstyle.errors import UsageError
 from onnxstyle.losses import LossTerms
+from onnxstyle.memory import activation_bytes, estimate_bytes, memory_model
 from onnxstyle.weights import Preprocessing
 
 
@@ -71,7 +72,7 @@ class TilePlan:
     @staticmethod
     def create(backbone: BackboneSpec, layers: list[str], height: int, width: int, core: int) -> TilePlan:
         """``core`` and the leading halo are rounded up to the total stride, so tiles start on its multiples."""
-        stride = math.prod(layer.stride for layer in backbone.truncated(layers))
+        stride = backbone.stride(layers)
         if core < stride:
             raise UsageError(f"--tile {core} is smaller than {backbone.name}'s total stride {stride}; use at least {stride}")
         before, after = halo_extents(backbone, layers)
@@ -124,7 +125,7 @@ def check_tile(backbone: BackboneSpec, layers: list[str], core: int) -> None:
     field = backbone.receptive_field(layers)
     if core < field:
         deepest = backbone.truncated(layers)[-1].name
-        stride = math.prod(layer.stride for layer in backbone.truncated(layers))
+        stride = backbone.stride(layers)
         minimum = -(-field // stride) * stride
         raise UsageError(
             f"--tile {core} is smaller than {backbone.name}'s receptive field at {deepest} ({field} px), which every tile "
@@ -132,10 +133,25 @@ def check_tile(backbone: BackboneSpec, layers: list[str], core: int) -> None:
         )
 
 
+def tile_for(engine: str, spec: EngineSpec, width: int, height: int, tile: int | None, available: int) -> int | None:
+    """The tile core for a run: as asked, or automatic when it would not fit untiled (the eager loop never tiles).
+
+    The one rule for ``bench`` and ``stylize``: what runs untiled must fit in ``available`` bytes and what
+    tiles must fit tiled (``choose_tile``); otherwise a UsageError says how much it needs.
+    """
+    if tile == 0 or engine == "eager":
+        need = estimate_bytes(engine, spec.backbone, spec.layers, width, height)
+        if need > 0.9 * available:
+            raise UsageError(f"needs ≈{need / 2**30:.1f} GB, {available / 2**30:.1f} GB free")
+        return None
+    if tile is not None:
+        check_tile(spec.backbone, spec.layers, tile)
+        return tile
+    return choose_tile(spec, engine, height, width, available)
+
+
 def choose_tile(spec: EngineSpec, engine: str, height: int, width: int, available: int) -> int | None:
     """None when the untiled loop fits in ``available`` bytes; else the largest core whose tiles fit in half of it."""
-    from onnxstyle.bench import activation_bytes, memory_model
-
     backbone, layers = spec.backbone, spec.layers
     model = memory_model(backbone.name, engine)
 
@@ -149,7 +165,7 @@ def choose_tile(spec: EngineSpec, engine: str, height: int, width: int, availabl
     if need(height, width) <= 0.8 * available:
         return None
     field = backbone.receptive_field(layers)
-    stride = math.prod(layer.stride for layer in backbone.truncated(layers))
+    stride = backbone.stride(layers)
     for core in range(8192, field - 1, -stride):
         plan = TilePlan.create(backbone, layers, height, width, core)
         rows, cols = plan.largest_tile

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from onnxstyle.errors import WorkerError
+from onnxstyle.errors import OnnxstyleError, WorkerError, first_line
 
 KEY_VARIABLE = "ONNXSTYLE_WORKER_KEY"
 READY_SECONDS = 120.0  # interpreter start and imports, on a loaded machine
@@ -258,7 +258,7 @@ def kill_all() -> None:
 # ---------------------------------------------------------------- the worker's side
 
 
-def _resolve(path: str) -> Callable[..., Any]:
+def resolve_factory(path: str) -> Callable[..., Any]:
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
@@ -283,8 +283,6 @@ def serve(address: str, parent: int) -> int:
     key = bytes.fromhex(os.environ.pop(KEY_VARIABLE))
     connection = mpc.Client(bytes.fromhex(address).decode(), authkey=key)
     hosted: Any = None
-    from onnxstyle.errors import OnnxstyleError
-    from onnxstyle.providers import first_line
 
     while True:
         try:
@@ -301,14 +299,14 @@ def serve(address: str, parent: int) -> int:
                     importlib.import_module(module)
                 value: Any = os.getpid()
             elif kind == "start":
-                hosted = _resolve(request[1])(**request[2])
+                hosted = resolve_factory(request[1])(**request[2])
                 value = None
             elif kind == "call":
                 if request[1].startswith("_") or hosted is None:
                     raise AttributeError(f"no callable {request[1]!r} on the hosted object")
                 value = getattr(hosted, request[1])(**request[2])
             elif kind == "run":
-                value = _resolve(request[1])(**request[2])
+                value = resolve_factory(request[1])(**request[2])
             else:
                 raise ValueError(f"unknown request {kind!r}")
             reply: tuple[Any, ...] = ("ok", value)

@@ -2,32 +2,24 @@
 
 import math
 
+import fake_loops
 import pytest
 import torch
 
-from onnxstyle import bench
+from onnxstyle import memory
 from onnxstyle.backbones import get_backbone
-from onnxstyle.bench import (
-    BenchOptions,
-    Cell,
-    Runner,
-    check_gradient,
-    engine_spec,
-    forward_flops,
-    iteration_flops,
-    parse_models,
-    parse_precisions,
-    parse_runner,
-    parse_sizes,
-    run_bench,
-    select_runners,
-    summarize,
-    window_plan,
-)
+from onnxstyle.bench import run as bench
+from onnxstyle.bench.gemm import measure_gemm
+from onnxstyle.bench.loops import check_gradient
+from onnxstyle.bench.options import BenchOptions, parse_models, parse_precisions, parse_sizes, window_plan
+from onnxstyle.bench.records import Cell, summarize
+from onnxstyle.bench.run import run_bench
+from onnxstyle.engines import EngineSpec
 from onnxstyle.errors import ProviderError, UsageError, WorkerError
+from onnxstyle.memory import forward_flops, iteration_flops
+from onnxstyle.runners import Runner, parse_runner, select_runners
+from onnxstyle.tiling import tile_for
 from onnxstyle.weights import resolve
-
-import fake_loops
 
 
 def test_summarize_median_quartiles_and_spread():
@@ -129,9 +121,9 @@ class InProcessHost:
         pass
 
     def start(self, factory, timeout, **kwargs):
-        from onnxstyle.workers import _resolve
+        from onnxstyle.workers import resolve_factory
 
-        self.hosted = _resolve(factory)(**kwargs)
+        self.hosted = resolve_factory(factory)(**kwargs)
 
     def call(self, method, timeout, *, stage=None, **kwargs):
         try:
@@ -140,9 +132,9 @@ class InProcessHost:
             raise WorkerError(f"{type(error).__name__}: {error}") from None
 
     def run(self, function, timeout, **kwargs):
-        from onnxstyle.workers import _resolve
+        from onnxstyle.workers import resolve_factory
 
-        return _resolve(function)(**kwargs)
+        return resolve_factory(function)(**kwargs)
 
     def cpu_seconds(self):
         return 0.0
@@ -261,12 +253,12 @@ def test_cells_can_run_tiled_and_the_plain_loop_never_is(monkeypatch):
     ort_cell, eager_cell = run_bench(options)[0]
     assert ort_cell.status == "ok" and ort_cell.tile == 224 and ort_cell.engine["tiling"]["core"] == 224 and ort_cell.engine["tiling"]["exact"]
     assert eager_cell.status == "ok" and eager_cell.tile is None
-    vgg = bench.engine_spec(get_backbone("vgg19"), resolve("synthetic", get_backbone("vgg19")))
-    assert bench.cell_tile(Runner("torch", "cpu"), vgg, 4096, 4096, None, 20 * 2**30)  # automatic
-    assert bench.cell_tile(Runner("torch", "cpu"), vgg, 1024, 1024, 0, 20 * 2**30) is None  # --tile 0: never
+    vgg = EngineSpec.defaults(get_backbone("vgg19"), resolve("synthetic", get_backbone("vgg19")))
+    assert tile_for("torch", vgg, 4096, 4096, None, 20 * 2**30)  # automatic
+    assert tile_for("torch", vgg, 1024, 1024, 0, 20 * 2**30) is None  # --tile 0: never
     with pytest.raises(UsageError, match=r"^needs ≈44.3 GB, 20.0 GB free$"):  # ... and what does not fit untiled is refused
-        bench.cell_tile(Runner("torch", "cpu"), vgg, 4096, 4096, 0, 20 * 2**30)
-    assert bench.cell_tile(Runner("torch", "cpu"), vgg, 512, 512, None, 20 * 2**30) is None  # fits: untiled
+        tile_for("torch", vgg, 4096, 4096, 0, 20 * 2**30)
+    assert tile_for("torch", vgg, 512, 512, None, 20 * 2**30) is None  # fits: untiled
 
 
 def test_ctrl_c_keeps_finished_cells(monkeypatch):
@@ -298,7 +290,7 @@ def test_too_small_sizes_are_skipped_not_crashed(monkeypatch):
 @pytest.mark.parametrize("runner", [Runner("onnxruntime", "cpu"), Runner("eager", "cpu")])
 def test_gradient_check_against_torch_autograd(runner):
     nin = get_backbone("nin")
-    result = check_gradient(runner, engine_spec(nin, resolve("synthetic", nin)), threads=2)
+    result = check_gradient(runner, EngineSpec.defaults(nin, resolve("synthetic", nin)), threads=2)
     assert result["ok"], result
     assert result["loss_error"] < 1e-5
     assert math.isfinite(result["grad_error"])
@@ -307,7 +299,7 @@ def test_gradient_check_against_torch_autograd(runner):
 def test_gemm_roof_is_the_fastest_library_measured():
     threads = torch.get_num_threads()
     try:
-        rate = bench.measure_gemm("cpu", size=256, repeats=2, threads=1)
+        rate = measure_gemm("cpu", size=256, repeats=2, threads=1)
     finally:
         torch.set_num_threads(threads)
     assert len(rate.samples_gflops) == 2 and rate.gflops > 0
@@ -319,11 +311,11 @@ def test_gemm_roof_is_the_fastest_library_measured():
 def test_memory_estimates_follow_the_measured_fits():
     vgg = get_backbone("vgg19")
     layers = list(dict.fromkeys([*vgg.default_content_layers, *vgg.default_style_layers]))
-    ort_512 = bench.estimate_bytes(Runner("onnxruntime", "cpu"), vgg, layers, 512, 512)
-    ort_2048 = bench.estimate_bytes(Runner("onnxruntime", "cpu"), vgg, layers, 2048, 2048)
+    ort_512 = memory.estimate_bytes("onnxruntime", vgg, layers, 512, 512)
+    ort_2048 = memory.estimate_bytes("onnxruntime", vgg, layers, 2048, 2048)
     # measured on the project's machine: ORT VGG19 (Winograd layers) 512 px added 1.61 GB; 2048 px must fit a 24 GB machine
     assert 1.61 * 2**30 < ort_512 < 2.2 * 2**30
     assert ort_2048 < 20 * 2**30
-    assert bench.estimate_bytes(Runner("eager", "cpu"), vgg, layers, 4096, 4096) > 24 * 2**30
-    unknown = bench.memory_model("resnet", "torch")
-    assert unknown.per_activation_byte == max(model.per_activation_byte for (_, kind), model in bench.MEMORY_MODELS.items() if kind == "torch")
+    assert memory.estimate_bytes("eager", vgg, layers, 4096, 4096) > 24 * 2**30
+    unknown = memory.memory_model("resnet", "torch")
+    assert unknown.per_activation_byte == max(model.per_activation_byte for (_, kind), model in memory.MEMORY_MODELS.items() if kind == "torch")

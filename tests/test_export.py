@@ -9,17 +9,9 @@ import torch
 
 from onnxstyle.backbones import get_backbone
 from onnxstyle.errors import ExportValidationError, OutputError, UsageError
-from onnxstyle.exporters.export import (
-    ALLOWED_OPS,
-    VALIDATION_SIZES,
-    build_features_model,
-    build_loss_model,
-    export_backbone,
-    operator_types,
-    relative_error,
-    validate_features,
-    validate_loss,
-)
+from onnxstyle.exporters.export import export_backbone
+from onnxstyle.exporters.models import ALLOWED_OPS, build_features_model, build_loss_model, operator_types
+from onnxstyle.exporters.validation import VALIDATION_SIZES, relative_error, validate_features, validate_loss
 from onnxstyle.losses import LossWeights
 from onnxstyle.weights import create_backbone
 
@@ -97,7 +89,7 @@ def test_winograd_loss_graph_matches_autograd(backbone):
     assert sum("_wino_in_" in node.name for node in graph.graph.node) == 2 * wide  # forward and adjoint
     records = validate_loss(graph, model, preprocessing, content, style, VALIDATION_SIZES)
     assert max(record.error for record in records if record.output == "grad") <= 1e-4
-    with pytest.raises(ValueError, match="fp32 graphs only"):
+    with pytest.raises(UsageError, match="fp32 graphs only"):
         build_loss_model(model, preprocessing, content_layers=content, style_layers=style, precision="fp16", winograd_size=(224, 224))
 
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from onnxstyle import files
-from onnxstyle.errors import ImageError, NumericalError, OutputError, UsageError, exit_code_markdown
+from onnxstyle.errors import ImageError, NumericalError, OutputError, exit_code_markdown
 from onnxstyle.images import DEMO_CONTENT, load_image, save_image
 from onnxstyle.report import ReportWriter, load_report, write_report
 from onnxstyle.stylize import stylize

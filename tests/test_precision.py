@@ -3,11 +3,16 @@
 import pytest
 import torch
 
-from onnxstyle import bench, precision
+from onnxstyle import precision
 from onnxstyle.backbones import get_backbone
-from onnxstyle.bench import BenchOptions, Runner, check_gradient, check_precisions, engine_spec, parse_precisions, run_bench
-from onnxstyle.engines import create_engine
+from onnxstyle.bench import run as bench
+from onnxstyle.bench.loops import check_gradient
+from onnxstyle.bench.options import BenchOptions, parse_precisions
+from onnxstyle.bench.records import GemmRate
+from onnxstyle.bench.run import run_bench
+from onnxstyle.engines import EngineSpec, create_engine
 from onnxstyle.errors import UsageError
+from onnxstyle.runners import Runner, check_precisions
 from onnxstyle.weights import resolve
 
 needs_bf16 = pytest.mark.skipif(not precision.cpu_has_bf16(), reason="this CPU has no AVX-512-BF16/AMX")
@@ -38,7 +43,7 @@ def test_bench_precision_parsing_and_selection():
 
 
 def test_unsupported_precision_cells_are_skipped_with_the_reason(monkeypatch):
-    monkeypatch.setattr(bench, "measure_gemm", lambda device: bench.GemmRate(device, 8, 1, [1.0]))
+    monkeypatch.setattr(bench, "measure_roofs", lambda *args: {"cpu": GemmRate("cpu", 8, 1, [1.0])})
     options = BenchOptions([Runner("onnxruntime", "cpu")], [get_backbone("nin")], [(64, 64)], ["fp32", "tf32"], weights="synthetic", check=False, iterations=1, runs=1, warmup=0)
     fp32, tf32 = run_bench(options)[0]
     assert fp32.status == "ok" and fp32.precision == "fp32"
@@ -49,7 +54,7 @@ def test_unsupported_precision_cells_are_skipped_with_the_reason(monkeypatch):
 @pytest.mark.parametrize("runner", [Runner("torch", "cpu"), Runner("eager", "cpu")])
 def test_bf16_gradient_is_checked_against_fp32(runner):
     vgg = get_backbone("vgg19")
-    result = check_gradient(runner, engine_spec(vgg, resolve("synthetic", vgg)), threads=2, precision="bf16")
+    result = check_gradient(runner, EngineSpec.defaults(vgg, resolve("synthetic", vgg)), threads=2, precision="bf16")
     assert result["precision"] == "bf16" and result["reference"] == "torch autograd, cpu, fp32"
     assert result["ok"], result
     assert 1e-4 < result["grad_error"] < precision.GRADIENT_TOLERANCES["bf16"]  # really reduced, still the same gradient
@@ -58,7 +63,7 @@ def test_bf16_gradient_is_checked_against_fp32(runner):
 @needs_bf16
 def test_bf16_engine_keeps_grams_and_losses_in_fp32():
     nin = get_backbone("nin")
-    spec = engine_spec(nin, resolve("synthetic", nin))
+    spec = EngineSpec.defaults(nin, resolve("synthetic", nin))
     engine = create_engine("torch", spec, provider="cpu", threads=2, precision="bf16")
     image = torch.rand(1, 3, 96, 96)
     content, grams = engine.extract(image)
@@ -94,7 +99,7 @@ def test_ort_fp16_graph_gradient_is_checked_against_fp32():
     Where the CPU EP lacks an fp16 kernel ORT runs that node in fp32 behind Casts, so the error here
     is a lower bound of what a GPU shows; the check is that the converted graph is the same gradient."""
     nin = get_backbone("nin")
-    result = check_gradient(Runner("onnxruntime", "cpu"), engine_spec(nin, resolve("synthetic", nin)), threads=2, precision="fp16")
+    result = check_gradient(Runner("onnxruntime", "cpu"), EngineSpec.defaults(nin, resolve("synthetic", nin)), threads=2, precision="fp16")
     assert result["ok"], result
     assert 1e-6 < result["grad_error"] < precision.GRADIENT_TOLERANCES["fp16"]
 
@@ -104,7 +109,7 @@ def test_ort_fp16_overflow_is_one_clear_error_not_nan():
     from onnxstyle.losses import LossWeights
 
     nin = get_backbone("nin")
-    engine = create_engine("onnxruntime", engine_spec(nin, resolve("synthetic", nin)), provider="cpu", threads=2, precision="fp16")
+    engine = create_engine("onnxruntime", EngineSpec.defaults(nin, resolve("synthetic", nin)), provider="cpu", threads=2, precision="fp16")
     assert engine.describe()["graph_precision"] == "fp16"
     image = torch.rand(1, 3, 96, 96)
     engine.set_targets(engine.build_targets(image, [image], [1.0], LossWeights((1.0,), (1.0,) * 4, 1e-3)))
@@ -119,7 +124,7 @@ def test_winograd_is_chosen_for_fp32_cpu_graphs_only():
     from onnxstyle.providers import ProviderConfig
 
     vgg = get_backbone("vgg19")
-    spec = engine_spec(vgg, resolve("synthetic", vgg))
+    spec = EngineSpec.defaults(vgg, resolve("synthetic", vgg))
     fp32 = OnnxRuntimeEngine(spec, ProviderConfig("CPUExecutionProvider", threads=2), [(256, 256), (128, 128)])
     # chosen for the smallest size asked for: at 128 px conv4_x are 16x16 (16 tiles), conv5_1 8x8 (4 tiles: direct)
     assert fp32.winograd_size == (128, 128)

@@ -6,7 +6,16 @@ from onnxstyle.backbones import get_backbone
 from onnxstyle.engines import EngineSpec, create_engine
 from onnxstyle.engines.onnxruntime_engine import tensorrt_profile
 from onnxstyle.errors import ProviderError, UsageError
-from onnxstyle.providers import ProviderConfig, ShapeProfile, canonical, create_session, preflight, probe_providers, session_options, verify_provider
+from onnxstyle.providers import (
+    ProviderConfig,
+    ShapeProfile,
+    canonical,
+    create_session,
+    preflight,
+    probe_providers,
+    session_options,
+    verify_provider,
+)
 from onnxstyle.weights import resolve
 
 
@@ -65,7 +74,8 @@ def test_fixed_shape_graphs_fold_every_shape_computation(name, tmp_path):
     import torch
 
     from onnxstyle.engines.onnxruntime_engine import OnnxRuntimeEngine
-    from onnxstyle.exporters.export import dimension_values, fix_dimensions, loss_feeds, random_targets, relative_error
+    from onnxstyle.exporters.models import dimension_values, fix_dimensions
+    from onnxstyle.exporters.validation import loss_feeds, random_targets, relative_error
 
     backbone = get_backbone(name)
     spec = EngineSpec(backbone, tuple(backbone.default_content_layers), tuple(backbone.default_style_layers), "max", resolve("synthetic", backbone))

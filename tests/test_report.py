@@ -5,10 +5,11 @@ import io
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 
-from onnxstyle.bench import Cell, GemmRate, summarize
+from onnxstyle.bench.records import Cell, GemmRate, summarize
 from onnxstyle.report import (
     SCHEMA_VERSION,
     Report,
@@ -23,7 +24,6 @@ from onnxstyle.report import (
     to_markdown,
     write_report,
 )
-from dataclasses import asdict
 
 
 def measured(runner, model, side, rates, **extra):
@@ -75,7 +75,7 @@ def test_tables_show_study_figures_ratios_and_skips():
     assert "1.26×" in text  # ort-cpu 710 against eager-cpu 565 at 128 px
     assert "skipped: needs ≈40.0 GB, 20.0 GB free" in text
     assert "no NVIDIA driver" in text
-    assert speed_table(report).row_count >= 4
+    assert len(speed_table(report).rows) >= 4
     rows = list(csv.DictReader(io.StringIO(to_csv(report))))
     assert rows[0]["median_it_per_min"] == "710.0" and float(rows[0]["speedup_vs_eager"]) == pytest.approx(710 / 565)
     assert rows[3]["status"] == "skipped"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from onnxstyle.errors import ImageError, NumericalError, UsageError
+from onnxstyle.errors import ImageError, UsageError
 from onnxstyle.stylize import stylize
 
 FAST = dict(weights="synthetic", threads=2)

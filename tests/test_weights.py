@@ -9,7 +9,16 @@ import torch
 from onnxstyle import weights as weights_module
 from onnxstyle.backbones import Backbone, get_backbone
 from onnxstyle.errors import WeightsError, WeightsNotFoundError
-from onnxstyle.weights import CAFFE_BGR, CATALOGUE, IMAGENET_RGB, apply_weights, cache_dir, create_backbone, download, resolve
+from onnxstyle.weights import (
+    CAFFE_BGR,
+    CATALOGUE,
+    IMAGENET_RGB,
+    apply_weights,
+    cache_dir,
+    create_backbone,
+    download,
+    resolve,
+)
 
 
 def _checkpoint(path, backbone, layout, scale=1.0):

@@ -11,11 +11,13 @@ import uuid
 import psutil
 import pytest
 
-from onnxstyle import bench
 from onnxstyle.backbones import get_backbone
-from onnxstyle.bench import BenchOptions, Runner, run_bench
+from onnxstyle.bench import run as bench
+from onnxstyle.bench.options import BenchOptions
+from onnxstyle.bench.run import run_bench
 from onnxstyle.errors import WorkerError
 from onnxstyle.report import load_report, new_report, trust_line, write_report
+from onnxstyle.runners import Runner
 from onnxstyle.workers import Worker, last_error_line
 
 

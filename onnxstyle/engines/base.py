@@ -35,9 +35,18 @@ class EngineSpec:
     pooling: Pooling
     weights: ResolvedWeights
 
+    @classmethod
+    def defaults(cls, backbone: BackboneSpec, weights: ResolvedWeights) -> EngineSpec:
+        """The backbone's default content and style layers with max pooling: what bench and converge run."""
+        return cls(backbone, tuple(backbone.default_content_layers), tuple(backbone.default_style_layers), "max", weights)
+
     @property
     def layers(self) -> list[str]:
         return list(dict.fromkeys([*self.content_layers, *self.style_layers]))
+
+    def loss_weights(self) -> LossWeights:
+        """neural-style's default weights for this spec's layers."""
+        return LossWeights.neural_style(len(self.content_layers), len(self.style_layers))
 
 
 class Engine(ABC):

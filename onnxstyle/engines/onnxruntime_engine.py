@@ -9,6 +9,7 @@ Providers other than CPU and TensorRT get one session per image size with the sh
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -17,8 +18,11 @@ import numpy as np
 import onnx
 import torch
 
+from onnxstyle.backbones import Backbone
 from onnxstyle.engines.base import Engine, EngineSpec
-from onnxstyle.exporters.export import (
+from onnxstyle.errors import NumericalError, UsageError
+from onnxstyle.exporters.graph import IMAGE_INPUT, winograd_layers
+from onnxstyle.exporters.models import (
     CORE_INPUT,
     build_features_model,
     build_loss_model,
@@ -27,14 +31,12 @@ from onnxstyle.exporters.export import (
     content_input,
     dimension_values,
     fix_dimensions,
-    style_input,
+    target_feeds,
 )
-from onnxstyle.exporters.graph import IMAGE_INPUT, winograd_layers
 from onnxstyle.losses import LossTerms
 from onnxstyle.precision import FP16_LOSS_SCALE
-from onnxstyle.errors import NumericalError, UsageError
 from onnxstyle.providers import (
-    CUDA_GRAPH_PROVIDERS,
+    CUDA_PROVIDERS,
     DYNAMIC_SHAPE_PROVIDERS,
     ProviderConfig,
     ShapeProfile,
@@ -46,8 +48,6 @@ from onnxstyle.providers import (
 from onnxstyle.sysinfo import release_memory
 from onnxstyle.tiling import layer_strides
 from onnxstyle.weights import build_backbone
-
-GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 def tensorrt_profile(spec: EngineSpec, sizes: list[tuple[int, int]]) -> ShapeProfile:
@@ -95,20 +95,22 @@ class OnnxRuntimeEngine(Engine):
         *,
         io_binding: bool | None = None,
         winograd: bool | None = None,
+        whole_image: bool = True,
     ) -> None:
         """``io_binding`` None: on GPU providers (where it saves host copies); True also on CPU, where it runs the same path.
 
         ``winograd`` None: Winograd F(4×4, 3×3) for the wide 3×3 convolutions of fp32 graphs on the CPU
         provider, whose direct convolutions already run near the FMA peak (VGG19 256 px: ≈80% of kernel time in
         Conv, see `onnxstyle profile`); GPU providers choose their own algorithms (cuDNN, TensorRT tactics).
+        ``whole_image`` False: a tiled run, which never uses the whole-image loss session, does not open it.
         """
         super().__init__(spec)
         if config.provider == "TensorrtExecutionProvider" and config.profile is None and sizes:
-            config.profile = tensorrt_profile(spec, sizes)
-        if config.cuda_graph and config.provider not in CUDA_GRAPH_PROVIDERS:
+            config = replace(config, profile=tensorrt_profile(spec, sizes))
+        if config.cuda_graph and config.provider not in CUDA_PROVIDERS:
             raise UsageError(f"CUDA graphs need the cuda or tensorrt provider, not {short_name(config.provider)}")
         self.config = config
-        self.on_gpu = config.provider in GPU_PROVIDERS
+        self.on_gpu = config.provider in CUDA_PROVIDERS
         if winograd and self.graph_precision != "fp32":
             raise UsageError("Winograd convolutions are built for fp32 graphs only")
         if winograd is None:
@@ -122,6 +124,7 @@ class OnnxRuntimeEngine(Engine):
         self._device = torch.device(f"cuda:{config.device_id}") if self.on_gpu else torch.device("cpu")
         self._sessions: dict[tuple[GraphKind, int, int], Any] = {}
         self._graphs: dict[GraphKind, onnx.ModelProto] = {}
+        self._network: Backbone | None = None
         # baked into the tile graphs; the same for every tile (TiledEngine passes them too, for engines that need them)
         self._strides = layer_strides(spec.backbone, spec.layers)
         self._bound: dict[tuple[int, int], BoundRun] = {}
@@ -132,8 +135,9 @@ class OnnxRuntimeEngine(Engine):
             torch.set_num_threads(1)
         # Opened now so that set-up time, not the first iteration, pays for it (per size where shapes are fixed),
         # and an unusable provider fails here, in one line.
-        for height, width in (sizes or []) if self._fixed_shapes("loss") else [(0, 0)]:
-            self._session("loss", height, width)
+        if whole_image:
+            for height, width in (sizes or []) if self._fixed_shapes("loss") else [(0, 0)]:
+                self._session("loss", height, width)
         if not self._sessions:
             create_session(probe_model(), config)
 
@@ -146,7 +150,7 @@ class OnnxRuntimeEngine(Engine):
         """fp16 graphs for ``--precision fp16`` on every provider.
 
         On TensorRT too: with ``trt_fp16_enable`` alone TensorRT may pick fp16 for any layer, including
-        Gram and loss sums that overflow it (REFERENCE §6); the fp16 graph types those fp32 explicitly.
+        Gram and loss sums that overflow fp16's 65,504; the fp16 graph types those fp32 explicitly.
         """
         return "fp16" if self.config.precision == "fp16" else "fp32"
 
@@ -160,7 +164,9 @@ class OnnxRuntimeEngine(Engine):
 
     def _build(self, kind: GraphKind) -> onnx.ModelProto:
         spec = self.spec
-        model = build_backbone(spec.backbone, spec.layers, pooling=spec.pooling, resolved=spec.weights)
+        if self._network is None:  # every graph kind is built from the same weights, read from disk once
+            self._network = build_backbone(spec.backbone, spec.layers, pooling=spec.pooling, resolved=spec.weights)
+        model = copy.copy(self._network)
         preprocessing = spec.weights.preprocessing
         graph = {"precision": self.graph_precision, "winograd_size": self.winograd_size}
         layers = {"content_layers": spec.content_layers, "style_layers": spec.style_layers}
@@ -231,14 +237,11 @@ class OnnxRuntimeEngine(Engine):
 
     def set_targets(self, targets: Any) -> None:
         super().set_targets(targets)
-        # Targets are built: the extractor's weights and buffers (≈0.2 GB for VGG19) are freed until needed again.
+        # Targets are built: the extractor's weights and buffers (≈0.2 GB for VGG19) are freed until needed again,
+        # and so is the torch network the graphs were built from (a graph built later reads the weights again).
         self._close("features")
-        feeds: dict[str, Any] = {content_input(layer): value for layer, value in targets.content.items()}
-        feeds.update({style_input(layer): value for layer, value in targets.style.items()})
-        weights = targets.weights
-        feeds["content_weights"] = torch.tensor(weights.content, dtype=torch.float32)
-        feeds["style_weights"] = torch.tensor(weights.style, dtype=torch.float32)
-        feeds["tv_weight"] = torch.tensor([weights.tv], dtype=torch.float32)
+        self._network = None
+        feeds = target_feeds(targets.content, targets.style, targets.weights)
         self._bound.clear()
         if self.io_binding:
             self._feeds = {name: value.to(self._device).contiguous() for name, value in feeds.items()}

@@ -1,7 +1,7 @@
 """Build the backbone and its exact adjoint directly as standard ONNX operators.
 
 torch.onnx cannot export ``autograd.grad`` and ORT's training graphs use contrib ops that inference
-builds and TensorRT lack (REFERENCE §5), so the gradient is written out here as a forward
+builds and TensorRT lack, so the gradient is written out here as a forward
 computation. The same ``LayerSpec`` list drives the torch modules, which keeps the two in step.
 
 Adjoint forms, chosen so every execution provider runs them and the CPU EP can use NCHWc Conv:
@@ -30,6 +30,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxstyle.backbones import Backbone, LayerSpec, Pooling
+from onnxstyle.errors import UsageError
 from onnxstyle.precision import FP16_LOSS_SCALE
 from onnxstyle.weights import Preprocessing
 
@@ -172,9 +173,9 @@ class NetworkGraph:
         """``winograd_size``: the smallest (height, width) the graph will run at; the 3×3 convolutions that are
         wide enough and have enough tiles at that size become Winograd F(4×4, 3×3). None: all direct."""
         if precision not in GRAPH_PRECISIONS:
-            raise ValueError(f"graphs are built in {', '.join(GRAPH_PRECISIONS)}, not {precision}")
+            raise UsageError(f"graphs are built in {', '.join(GRAPH_PRECISIONS)}, not {precision}")
         if winograd_size is not None and precision != "fp32":
-            raise ValueError("Winograd convolutions are built for fp32 graphs only (their transforms lose too much in fp16)")
+            raise UsageError("Winograd convolutions are built for fp32 graphs only (their transforms lose too much in fp16)")
         self.winograd_size = winograd_size
         self.winograd_layers: set[str] = set()
         self.float_type = GRAPH_PRECISIONS[precision]

@@ -1,0 +1,98 @@
+"""Reports from several machines side by side: how the machines differ, and each cell's speed relative to a baseline."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from onnxstyle.files import write_atomic
+from onnxstyle.report.schema import Report
+from onnxstyle.report.table import TableData
+
+SYSTEM_KEYS = ("cpu", "cpu_affinity", "cpu_cores_logical", "ram_gb", "gpu", "os", "python", "torch", "onnxruntime", "onnxstyle", "cuda_torch", "cudnn_torch")
+
+
+def machine_differences(reports: list[Report]) -> list[list[str]]:
+    """Rows (fact, value in each report) where the machines or software differ, GEMM roof and threads included."""
+    rows = []
+    for key in SYSTEM_KEYS:
+        values = [str(report.system.get(key, "–")) for report in reports]
+        if len(set(values)) > 1:
+            rows.append([key, *values])
+    for device in sorted({device for report in reports for device in report.gemm}):
+        values = [f"{report.gemm[device]['gflops']:,.0f}" if device in report.gemm else "–" for report in reports]
+        if len(set(values)) > 1:
+            rows.append([f"fp32 GEMM GFLOP/s ({device})", *values])
+    for key in ("threads", "weights", "runs", "warmup", "isolation", "environment"):
+        values = [str(report.options.get(key, "–")) for report in reports]
+        if len(set(values)) > 1:
+            rows.append([f"option {key}", *values])
+    return rows
+
+
+def differences_table(reports: list[Report], names: list[str]) -> TableData:
+    """``machine_differences`` as a table, one column per report (no rows: identical fingerprints)."""
+    return TableData(["fact", *names], machine_differences(reports), left=len(names) + 1)
+
+
+@dataclass
+class Ratio:
+    key: tuple[str, str, int, int, str]
+    baseline: float
+    other: float
+    ratio: float
+    uncertainty: float
+
+
+def relative_speeds(baseline: Report, other: Report) -> list[Ratio]:
+    """other/baseline per cell measured in both; uncertainty from each side's ½IQR in quadrature."""
+    ratios = []
+    for cell in baseline.measured():
+        match = other.find(cell.model, cell.runner, cell.width, cell.height, cell.precision)
+        if match is None or match.median is None or cell.median is None:
+            continue
+        ratio = match.median / cell.median
+        uncertainty = ratio * math.hypot(cell.spread, match.spread)
+        ratios.append(Ratio(cell.key, cell.median, match.median, ratio, uncertainty))
+    return ratios
+
+
+def ratio_table(baseline: Report, other: Report, baseline_name: str, other_name: str) -> TableData:
+    """Each cell measured in both reports: both it/min and other/baseline with its uncertainty."""
+    table = TableData(["model", "runner", "precision", "size", f"it/min {baseline_name}", f"it/min {other_name}", "ratio"], left=3)
+    for ratio in relative_speeds(baseline, other):
+        runner, model, width, height, precision = ratio.key
+        table.add(model, runner, precision, f"{width}x{height}", f"{ratio.baseline:,.1f}", f"{ratio.other:,.1f}", f"{ratio.ratio:.2f}× ±{ratio.uncertainty:.2f}")
+    return table
+
+
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+
+
+def compare_plot(baseline: Report, others: list[Report], path: Path) -> Path:
+    """Write the comparison chart to ``path`` (checked first with ``check_output``; its suffix picks the format)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [(other, relative_speeds(baseline, other)) for other in others]
+    labels = list(dict.fromkeys(f"{r.key[1]} {r.key[0]} {r.key[2]}x{r.key[3]}" + ("" if r.key[4] == "fp32" else f" {r.key[4]}") for _, ratios in series for r in ratios))
+    figure, axis = plt.subplots(figsize=(8, 0.35 * max(4, len(labels)) + 1.5))
+    height = 0.8 / max(1, len(series))
+    for index, (other, ratios) in enumerate(series):
+        by_label = {f"{r.key[1]} {r.key[0]} {r.key[2]}x{r.key[3]}" + ("" if r.key[4] == "fp32" else f" {r.key[4]}"): r for r in ratios}
+        positions = [i + index * height for i, label in enumerate(labels) if label in by_label]
+        values = [by_label[label].ratio for label in labels if label in by_label]
+        errors = [by_label[label].uncertainty for label in labels if label in by_label]
+        axis.barh(positions, values, height=height, xerr=errors, label=Path(other.source).name or f"report {index + 2}")
+    axis.axvline(1.0, color="black", linewidth=0.8)
+    axis.set_yticks([i + 0.4 - height / 2 for i in range(len(labels))], labels, fontsize=8)
+    axis.set_xscale("log")
+    axis.set_xlabel(f"speed relative to {Path(baseline.source).name or 'baseline'} (×, log scale)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    write_atomic(path, lambda out: figure.savefig(out, dpi=110, format=path.suffix.lstrip(".").lower()))
+    plt.close(figure)
+    return path

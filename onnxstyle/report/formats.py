@@ -1,0 +1,254 @@
+"""Report files: JSON (the source of truth), CSV, Markdown and PNG, all rewritten together after every cell."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import BinaryIO
+
+from onnxstyle.bench.records import Cell, GemmRate
+from onnxstyle.errors import OnnxstyleError, OutputError, ReportError, UsageError
+from onnxstyle.files import write_all
+from onnxstyle.report.metrics import cpus_used, noise_text, precision_speedup, speedup
+from onnxstyle.report.schema import STUDY_2016, STUDY_MACHINES, Report, load_report
+from onnxstyle.report.table import markdown_lines
+from onnxstyle.report.views import detail_table, noise_lines, speed_table, system_lines
+
+CSV_COLUMNS = (
+    "model", "runner", "precision", "width", "height", "status", "reason", "median_it_per_min", "q1", "q3", "min", "max",
+    "windows", "iterations", "speedup_vs_eager", "speedup_vs_fp32", "gflop_per_iteration", "gflops", "roof_share", "peak_rss_bytes",
+    "device_peak_bytes", "estimate_bytes", "setup_seconds", "first_iteration_seconds", "overhead", "grad_error", "final_loss",
+    "provider_effective", "threads", "weights", "noisy", "noise", "cpus_used", "torch_threads", "onnxruntime_threads",
+)
+
+
+def to_csv(report: Report) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for cell in report.cells:
+        stats = cell.stats or {}
+        ratio = speedup(report, cell)
+        writer.writerow([
+            cell.model, cell.runner, cell.precision, cell.width, cell.height, cell.status, cell.reason,
+            stats.get("median", ""), stats.get("q1", ""), stats.get("q3", ""), stats.get("min", ""), stats.get("max", ""),
+            len(cell.windows), len(cell.iteration_seconds), "" if ratio is None else ratio, _blank(precision_speedup(report, cell)),
+            _blank(cell.gflop_per_iteration), _blank(cell.gflops), _blank(cell.roof_share), _blank(cell.peak_rss_bytes),
+            _blank(cell.device_peak_bytes), _blank(cell.estimate_bytes), _blank(cell.setup_seconds), _blank(cell.first_iteration_seconds),
+            _blank(cell.overhead), "" if not cell.check else cell.check.get("grad_error", ""), _blank(cell.final_loss),
+            cell.engine.get("provider_effective", cell.engine.get("device", "")), _blank(cell.threads), cell.weights,
+            cell.noisy, noise_text(cell), _blank(cpus_used(cell)), _blank(cell.thread_counts.get("torch")),
+            _blank(cell.thread_counts.get("onnxruntime_intra_op")),
+        ])
+    return buffer.getvalue()
+
+
+def _blank(value: object) -> object:
+    return "" if value is None else value
+
+
+def to_markdown(report: Report) -> str:
+    """GitHub-flavoured Markdown: the header facts, the study-shaped table, the per-cell table."""
+    speed = speed_table(report)
+    lines = [f"# onnxstyle bench — {report.created}", ""]
+    if report.command:
+        lines += ["```", " ".join(report.command), "```", ""]
+    lines += [f"- {line}" for line in system_lines(report)]
+    if report.interrupted:
+        lines.append("- **interrupted**: cells not finished are marked so")
+    lines += [f"- {line}" for line in noise_lines(report)]
+    details = detail_table(report)
+    lines += ["", f"## {speed.title}", "", *markdown_lines(speed), "", f"## {details.title}", "", *markdown_lines(details)]
+    lines += [
+        "",
+        "µs/px: median time per iteration divided by the pixel count. × eager: against the plain torch eager loop (PyTorch-tutorial shape) in fp32 on the same device in this run; where the runners were interleaved, the median of per-round window ratios. × fp32: a reduced-precision cell against the same runner in fp32, likewise. "
+        "GFLOP/s counts convolution and Gram arithmetic (forward + adjoint); % GEMM roof divides it by the fp32 "
+        "matrix-multiply rate measured at the start of the run. Loop overhead: share of an iteration outside "
+        "loss+gradient (optimiser step, copies, Python). Grad check: relative error of the gradient against torch "
+        "autograd in fp32 at 64 px, for each runner and precision. Roof shares of reduced-precision cells are "
+        "still against the fp32 rate. Every runner ran in a worker process of its own; threads: what torch and ONNX "
+        "Runtime ran with there; CPUs: the worker's CPU time per wall second (median over windows), the cores it "
+        "actually got. A cell is noisy when its windows spread more than 10% (IQR/median) or when other processes, "
+        "the bench's idle ones or the hypervisor took CPU time during a window.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(report: Report, out: BinaryIO) -> None:
+    """it/min against image side (log scale) per runner and model, with the 2016 study dashed, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(cell.model for cell in report.cells))
+    figure, axes = plt.subplots(1, max(1, len(models)), figsize=(6 * max(1, len(models)), 4.5), squeeze=False)
+    for axis, model in zip(axes[0], models, strict=False):
+        for _, runner, precision in [row for row in report.rows() if row[0] == model]:
+            points = sorted(
+                (math.sqrt(cell.width * cell.height), cell.median)
+                for cell in report.cells
+                if cell.model == model and cell.runner == runner and cell.precision == precision and cell.median is not None
+            )
+            if points:
+                label = runner if precision == "fp32" else f"{runner} {precision}"
+                axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        for kind in ("cpu", "gpu"):
+            row = STUDY_2016.get((model, kind), {})
+            points = sorted((side, value) for side, value in row.items() if value is not None)
+            if points:
+                axis.plot([p[0] for p in points], [p[1] for p in points], linestyle="--", marker="x", color="grey" if kind == "cpu" else "black", label=STUDY_MACHINES[kind])
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("image side (px, √(W·H))")
+        axis.set_ylabel("iterations per minute")
+        axis.set_title(model)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(f"onnxstyle bench — {report.system.get('cpu', '')}", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(out, dpi=110, format="png")
+    plt.close(figure)
+
+
+STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_stem(stem: str) -> str:
+    """``--name`` is a file name inside ``--out``, never a path that leads elsewhere."""
+    if not STEM.fullmatch(stem) or stem.endswith((".json", ".csv", ".md", ".png", ".lock")):
+        raise UsageError(f"--name must be a plain file name (letters, digits, '.', '_', '-'), without a folder or suffix; got '{stem}'")
+    return stem
+
+
+class ReportWriter:
+    """A run's report files, rewritten after every cell so that a killed run keeps what it measured.
+
+    Every write replaces all formats at once (``files.write_all``). A stem another running bench holds
+    (its ``.lock`` file names a live process) is not shared: this run takes ``stem-2``, ``stem-3``… An
+    existing report with more measured cells than this run has so far is never replaced: this run writes
+    ``stem.partial.*`` until it catches up, and ``kept`` says what stayed. The PNG is drawn at the end.
+    """
+
+    def __init__(self, directory: Path, stem: str) -> None:
+        check_directory(directory)
+        self.directory = directory
+        self.requested = check_stem(stem)
+        self.stem = self._claim(stem)
+        existing = directory / f"{self.stem}.json"
+        self.previous = _measured_in(existing) if existing.exists() else 0
+        self.paths: dict[str, Path] = {}
+
+    def _claim(self, stem: str) -> str:
+        import psutil
+
+        for index in range(1, 1000):
+            candidate = stem if index == 1 else f"{stem}-{index}"
+            lock = self.directory / f"{candidate}.lock"
+            try:
+                handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = int(lock.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    holder = 0
+                if holder and holder != os.getpid() and psutil.pid_exists(holder):
+                    continue
+                lock.unlink(missing_ok=True)  # left by a run that died
+                handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(handle, "w") as out:
+                out.write(str(os.getpid()))
+            self._lock = lock
+            return candidate
+        raise OutputError(f"{self.directory}: no free report name like {stem}-N (999 runs hold one)")
+
+    @property
+    def kept(self) -> str | None:
+        """What stayed untouched, when this run measured fewer cells than the report it would have replaced."""
+        if self.paths.get("json", Path()).name.startswith(f"{self.stem}.partial"):
+            return f"kept {self.directory / (self.stem + '.json')} ({self.previous} measured cells); this run's report is {self.paths['json']}"
+        return None
+
+    def write(self, report: Report, *, final: bool = False) -> dict[str, Path]:
+        stem = self.stem if len(report.measured()) >= self.previous else f"{self.stem}.partial"
+        paths = {suffix: self.directory / f"{stem}.{suffix}" for suffix in ("json", "csv", "md", "png")}
+        files: dict[Path, bytes | str | Callable[[BinaryIO], None]] = {
+            paths["json"]: json.dumps(report.to_json(), indent=1) + "\n",
+            paths["csv"]: to_csv(report),
+            paths["md"]: to_markdown(report),
+        }
+        if final and report.measured():
+            files[paths["png"]] = partial(plot, report)
+        else:
+            del paths["png"]
+        write_all(files)
+        if stem == self.stem:
+            for suffix in ("json", "csv", "md", "png"):
+                (self.directory / f"{self.stem}.partial.{suffix}").unlink(missing_ok=True)
+        self.paths = paths
+        return paths
+
+    def close(self) -> None:
+        self._lock.unlink(missing_ok=True)
+
+    def __enter__(self) -> ReportWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LiveReport:
+    """A run's report on disk, rewritten after every cell. A failed write is kept, not raised, so the run goes on
+    measuring; the caller reports ``errors`` at the end."""
+
+    def __init__(self, writer: ReportWriter, report: Report) -> None:
+        self.writer = writer
+        self.report = report
+        self.errors: list[str] = []
+
+    def update(self, cells: list[Cell], roofs: dict[str, GemmRate], interrupted: bool, *, final: bool = False) -> str | None:
+        """Write the run as it is now; returns the error text the first time a write fails (later failures are counted)."""
+        self.report.refresh(cells, roofs, interrupted)
+        if final:
+            self.errors.clear()
+        try:
+            self.writer.write(self.report, final=final)
+        except OnnxstyleError as error:
+            self.errors.append(str(error))
+            return str(error) if len(self.errors) == 1 else None
+        return None
+
+
+def _measured_in(path: Path) -> float:
+    """Measured cells in an existing report; a file that is not a readable report counts as unbounded (never replaced)."""
+    try:
+        return len(load_report(path).measured())
+    except ReportError:
+        return math.inf
+
+
+def write_report(report: Report, directory: Path, stem: str) -> dict[str, Path]:
+    """JSON, CSV, Markdown and PNG side by side, written atomically (see ``ReportWriter``)."""
+    with ReportWriter(directory, stem) as writer:
+        return writer.write(report, final=True)
+
+
+def check_directory(directory: Path) -> None:
+    """Fail before a long run, not after it: create the folder and write a probe file (root ignores modes)."""
+    import tempfile
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".onnxstyle-probe-"):
+            pass
+    except OSError as error:
+        raise OutputError(f"cannot write reports to {directory}: {error.strerror or error}") from None
