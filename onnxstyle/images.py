@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from onnxstyle.errors import ImageError
+from onnxstyle.errors import ImageError, UsageError
 from onnxstyle.files import check_output, write_atomic
 
 DEMO_CONTENT = "demo:content"
@@ -66,8 +66,6 @@ def pixel_limit() -> int:
             raise ValueError
         return value
     except ValueError:
-        from onnxstyle.errors import UsageError
-
         raise UsageError(f"{PIXEL_LIMIT_VARIABLE} must be a positive number of pixels, got '{text}'") from None
 
 
@@ -126,8 +124,6 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 def parse_size(text: str | int) -> tuple[int, int] | int:
     """``512`` means longest side 512; ``1920x1080`` means exactly width×height."""
-    from onnxstyle.errors import UsageError
-
     value = str(text).strip().lower()
     try:
         if "x" in value:
