@@ -354,8 +354,8 @@ def converge(
     from onnxstyle.errors import Interrupted, OutputError
     from onnxstyle.quality import DEFAULT_CONFIGS, parse_configs
     from onnxstyle.quality import converge as run_converge
-    from onnxstyle.report import check_directory, check_stem, to_rich
-    from onnxstyle.report.quality import measured_in, quality_table, write
+    from onnxstyle.report import LiveReport, ReportWriter, check_directory, check_stem, to_rich
+    from onnxstyle.report.quality import measured_in, quality_files, quality_table, scored
 
     check_directory(out_dir)
     stem = check_stem(name) if name else time.strftime("quality-%Y%m%d-%H%M%S")
@@ -367,27 +367,18 @@ def converge(
     _warn_threads(threads)
     chosen = parse_configs(configs or DEFAULT_CONFIGS)
     command = ["onnxstyle", *sys.argv[1:]]
-    written: dict[str, Path] = {}
-    existing = out_dir / f"{stem}.json"
-    previous = measured_in(existing) if existing.exists() else 0
-
-    write_errors: list[str] = []
+    writer = ReportWriter(out_dir, stem, measured_in=measured_in, unit="scored configurations")
+    if writer.stem != stem:
+        err.print(f"[yellow]{out_dir / stem}.* is being written by another run that is still going; this run writes {writer.stem}.*[/]")
+    live = LiveReport(writer)
 
     def save(report: Any) -> None:
         """After every configuration: an interrupted or killed run keeps what it measured, and never replaces a fuller
         report; a failed write is said once and the run goes on (the last error ends the command)."""
         report.options["command"] = command
-        try:
-            paths = write(report, out_dir, stem, previous=previous)
-        except OnnxstyleError as error:
-            if not write_errors:
-                err.print(f"[red]could not write the report: {error}[/]", highlight=False)
-            write_errors.append(str(error))
-            return
-        written.clear()
-        written.update(paths)
+        if (failure := live.save(scored(report), quality_files(report))) is not None:
+            err.print(f"[red]could not write the report: {failure}[/]", highlight=False)
 
-    kept = lambda: f"kept {written['json']} with the configurations measured so far" if written else "nothing was measured yet"  # noqa: E731
     try:
         with err.status("…") as status:
             report = run_converge(
@@ -395,14 +386,19 @@ def converge(
                 progress=lambda text: status.update(text), on_update=save,
             )
     except KeyboardInterrupt:
-        raise Interrupted(f"converge interrupted; {kept()}") from None
+        kept = f"kept {writer.paths['json']} with the configurations measured so far" if writer.paths else "nothing was measured yet"
+        raise Interrupted(f"converge interrupted; {kept}") from None
+    finally:
+        writer.close()
     if "timing only" in report.weights:
         err.print("[yellow]weights: synthetic — losses of synthetic weights say nothing about image quality[/]")
     out.print(to_rich(quality_table(report)))
-    for kind, path in written.items():
+    for kind, path in writer.paths.items():
         out.print(f"{kind:4} {path}", highlight=False)
-    if write_errors:
-        raise OutputError(write_errors[-1])
+    if writer.kept:
+        err.print(f"[yellow]{writer.kept}[/]", highlight=False)
+    if live.errors:
+        raise OutputError(live.errors[-1])
 
 
 @app.command()

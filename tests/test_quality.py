@@ -4,15 +4,18 @@ import pytest
 
 from onnxstyle.errors import OnnxstyleError, UsageError
 from onnxstyle.quality import QualityConfig, converge, parse_configs
+from onnxstyle.report import ReportWriter
 from onnxstyle.report.quality import (
     QualityReport,
     QualityRun,
     band_times,
     measured_in,
+    quality_files,
     quality_table,
+    scored,
     speedup_to_band,
     speedup_to_eager_final,
-    write,
+    write_quality,
 )
 from onnxstyle.runners import Runner
 
@@ -48,7 +51,7 @@ def test_report_show_renders_a_quality_report(tmp_path, cli):
     run = QualityRun("torch-cpu bf16 lbfgs", 64, setup_seconds=1.0, seconds=10.0, evaluations=50, times=[0, 5], yardstick=[9.0, 3.0])
     eager = QualityRun("eager-cpu fp32 adam", 64, setup_seconds=1.0, seconds=10.0, evaluations=20, times=[0, 10], yardstick=[9.0, 4.0])
     band_times([run, eager])
-    write(QualityReport([run, eager], {"command": ["onnxstyle", "converge"]}, {"cpu": "test CPU"}, "vgg19-q8"), tmp_path, "q")
+    write_quality(QualityReport([run, eager], {"command": ["onnxstyle", "converge"]}, {"cpu": "test CPU"}, "vgg19-q8"), tmp_path, "q")
     shown = cli("report", "show", tmp_path / "q.json")
     assert shown.returncode == 0, shown.stderr
     assert "time to quality" in shown.stdout and "torch-cpu bf16 lbfgs" in shown.stdout and "2.00×" in shown.stdout
@@ -58,11 +61,12 @@ def test_a_short_real_run_scores_every_snapshot_and_refuses_runs_shorter_than_an
     configs = [QualityConfig(Runner("onnxruntime", "cpu"), "fp32", "lbfgs"), QualityConfig(Runner("eager", "cpu"), "fp32", "adam")]
     (tmp_path / "q.json").write_text('{"runs": [{"status": "ok", "yardstick": [1.0]}, {"status": "ok", "yardstick": [1.0]}, {"status": "ok", "yardstick": [1.0]}]}')
     seen = []
+    with ReportWriter(tmp_path, "q", measured_in=measured_in) as writer:
 
-    def save(report):  # what the CLI does after every configuration: a fuller report of that name is never replaced
-        seen.append((len(report.runs), sorted(write(report, tmp_path, "q", previous=measured_in(tmp_path / "q.json")))))
+        def save(report):  # what the CLI does after every configuration: a fuller report of that name is never replaced
+            seen.append((len(report.runs), sorted(writer.write_files(scored(report), quality_files(report)))))
 
-    report = converge(configs=configs, sizes=[64], seconds=[3.0], weights="vgg19-q8", threads=2, on_update=save)
+        report = converge(configs=configs, sizes=[64], seconds=[3.0], weights="vgg19-q8", threads=2, on_update=save)
     assert seen == [(1, ["json", "md", "png"]), (2, ["json", "md", "png"])]
     assert (tmp_path / "q.partial.json").exists() and measured_in(tmp_path / "q.json") == 3
     for run in report.runs:

@@ -96,10 +96,6 @@ class Window:
     bench_cpu_seconds: float | None = None  # the bench's other processes (parent, idle workers), from the parent
     other_cpu_seconds: float | None = None  # everything else: busy − the worker − the bench
 
-    @property
-    def per_minute(self) -> float:
-        return 60.0 * self.iterations / self.seconds
-
 
 @dataclass
 class Cell:

@@ -129,6 +129,18 @@ def check_stem(stem: str) -> str:
     return stem
 
 
+FileContent = bytes | str | Callable[[BinaryIO], None]
+REPORT_SUFFIXES = ("json", "csv", "md", "png")
+
+
+def bench_files(report: Report, *, final: bool = False) -> dict[str, FileContent]:
+    """A bench report's formats by suffix; the PNG only at the end of a run that measured something."""
+    files: dict[str, FileContent] = {"json": json.dumps(report.to_json(), indent=1) + "\n", "csv": to_csv(report), "md": to_markdown(report)}
+    if final and report.measured():
+        files["png"] = partial(plot, report)
+    return files
+
+
 class ReportWriter:
     """A run's report files, rewritten after every cell so that a killed run keeps what it measured.
 
@@ -138,14 +150,18 @@ class ReportWriter:
     ``stem.partial.*`` until it catches up, and ``kept`` says what stayed. The PNG is drawn at the end.
     """
 
-    def __init__(self, directory: Path, stem: str) -> None:
+    def __init__(
+        self, directory: Path, stem: str, *, measured_in: Callable[[Path], float] | None = None, unit: str = "measured cells"
+    ) -> None:
+        """``measured_in`` counts what an existing report of the stem holds, in ``unit`` (default: a bench report's cells)."""
         check_directory(directory)
         self.directory = directory
         self.requested = check_stem(stem)
         self.stem = self._claim(stem)
         existing = directory / f"{self.stem}.json"
-        self.previous = _measured_in(existing) if existing.exists() else 0
+        self.previous = (measured_in or _measured_in)(existing) if existing.exists() else 0
         self.paths: dict[str, Path] = {}
+        self.unit = unit
 
     def _claim(self, stem: str) -> str:
         import psutil
@@ -174,24 +190,20 @@ class ReportWriter:
     def kept(self) -> str | None:
         """What stayed untouched, when this run measured fewer cells than the report it would have replaced."""
         if self.paths.get("json", Path()).name.startswith(f"{self.stem}.partial"):
-            return f"kept {self.directory / (self.stem + '.json')} ({self.previous} measured cells); this run's report is {self.paths['json']}"
+            return f"kept {self.directory / (self.stem + '.json')} ({self.previous} {self.unit}); this run's report is {self.paths['json']}"
         return None
 
     def write(self, report: Report, *, final: bool = False) -> dict[str, Path]:
-        stem = self.stem if len(report.measured()) >= self.previous else f"{self.stem}.partial"
-        paths = {suffix: self.directory / f"{stem}.{suffix}" for suffix in ("json", "csv", "md", "png")}
-        files: dict[Path, bytes | str | Callable[[BinaryIO], None]] = {
-            paths["json"]: json.dumps(report.to_json(), indent=1) + "\n",
-            paths["csv"]: to_csv(report),
-            paths["md"]: to_markdown(report),
-        }
-        if final and report.measured():
-            files[paths["png"]] = partial(plot, report)
-        else:
-            del paths["png"]
-        write_all(files)
+        return self.write_files(len(report.measured()), bench_files(report, final=final))
+
+    def write_files(self, measured: float, contents: dict[str, FileContent]) -> dict[str, Path]:
+        """Write ``contents`` (by suffix) under the stem, or under ``stem.partial`` while ``measured`` is below what
+        the existing report held; once the stem is written, any partial files of it go."""
+        stem = self.stem if measured >= self.previous else f"{self.stem}.partial"
+        paths = {suffix: self.directory / f"{stem}.{suffix}" for suffix in contents}
+        write_all({paths[suffix]: content for suffix, content in contents.items()})
         if stem == self.stem:
-            for suffix in ("json", "csv", "md", "png"):
+            for suffix in REPORT_SUFFIXES:
                 (self.directory / f"{self.stem}.partial.{suffix}").unlink(missing_ok=True)
         self.paths = paths
         return paths
@@ -207,21 +219,27 @@ class ReportWriter:
 
 
 class LiveReport:
-    """A run's report on disk, rewritten after every cell. A failed write is kept, not raised, so the run goes on
-    measuring; the caller reports ``errors`` at the end."""
+    """A run's report on disk, rewritten after every cell or configuration. A failed write is kept, not raised, so
+    the run goes on measuring; the caller reports ``errors`` at the end."""
 
-    def __init__(self, writer: ReportWriter, report: Report) -> None:
+    def __init__(self, writer: ReportWriter, report: Report | None = None) -> None:
         self.writer = writer
-        self.report = report
+        self.report = report  # a bench report, refreshed by ``update``
         self.errors: list[str] = []
 
     def update(self, cells: list[Cell], roofs: dict[str, GemmRate], interrupted: bool, *, final: bool = False) -> str | None:
-        """Write the run as it is now; returns the error text the first time a write fails (later failures are counted)."""
+        """Write the bench run as it is now (see ``save``)."""
+        assert self.report is not None, "a bench LiveReport holds its report"
         self.report.refresh(cells, roofs, interrupted)
+        return self.save(len(self.report.measured()), bench_files(self.report, final=final), final=final)
+
+    def save(self, measured: float, contents: dict[str, FileContent], *, final: bool = False) -> str | None:
+        """Write ``contents``; returns the error text the first time a write fails (later failures are only counted).
+        A final write that succeeds clears the earlier failures: what is on disk is then complete."""
         if final:
             self.errors.clear()
         try:
-            self.writer.write(self.report, final=final)
+            self.writer.write_files(measured, contents)
         except OnnxstyleError as error:
             self.errors.append(str(error))
             return str(error) if len(self.errors) == 1 else None

@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from onnxstyle.errors import ReportError
-from onnxstyle.files import write_all
-from onnxstyle.report.formats import check_directory, check_stem
-from onnxstyle.report.schema import read_json
+from onnxstyle.report.formats import FileContent, ReportWriter
 from onnxstyle.report.table import TableData, markdown_lines
 
 SCHEMA = "onnxstyle.quality"
@@ -209,25 +207,20 @@ def measured_in(path: Path) -> float:
         return math.inf
 
 
-def write(report: QualityReport, directory: Path, stem: str, *, previous: float = 0) -> dict[str, Path]:
-    """JSON, Markdown and PNG, written together (``files.write_all``). While the run has fewer scored
-    configurations than the ``previous`` report of that name, it writes ``stem.partial.*`` beside it instead."""
-    check_directory(directory)
-    check_stem(stem)
-    if sum(1 for run in report.runs if run.status == "ok" and run.yardstick) < previous:
-        stem = f"{stem}.partial"
-    paths = {suffix: directory / f"{stem}.{suffix}" for suffix in ("json", "md", "png")}
-    files: dict[Path, Any] = {paths["json"]: json.dumps(report.to_json(), indent=1) + "\n", paths["md"]: to_markdown(report)}
+def scored(report: QualityReport) -> int:
+    """Configurations measured and scored: what decides whether a report may replace an older one of its name."""
+    return sum(1 for run in report.runs if run.status == "ok" and run.yardstick)
+
+
+def quality_files(report: QualityReport) -> dict[str, FileContent]:
+    """JSON, Markdown and (once something was scored) the PNG, by suffix, for ``ReportWriter.write_files``."""
+    files: dict[str, FileContent] = {"json": json.dumps(report.to_json(), indent=1) + "\n", "md": to_markdown(report)}
     if any(run.yardstick for run in report.runs):
-        files[paths["png"]] = partial(plot, report)
-    else:
-        del paths["png"]
-    write_all(files)
-    if not stem.endswith(".partial"):
-        for suffix in ("json", "md", "png"):
-            (directory / f"{stem}.partial.{suffix}").unlink(missing_ok=True)
-    return paths
+        files["png"] = partial(plot, report)
+    return files
 
 
-def load_quality(path: str | Path) -> QualityReport:
-    return QualityReport.from_json(read_json(Path(path)), str(path))
+def write_quality(report: QualityReport, directory: Path, stem: str) -> dict[str, Path]:
+    """All formats at once, never replacing a report of that name that holds more scored configurations."""
+    with ReportWriter(directory, stem, measured_in=measured_in, unit="scored configurations") as writer:
+        return writer.write_files(scored(report), quality_files(report))
