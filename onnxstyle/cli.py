@@ -52,6 +52,7 @@ def env(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable o
     from onnxstyle.sysinfo import fingerprint
 
     facts = fingerprint()
+    _warn_environment()
     if as_json:
         out.print_json(json.dumps(facts))
         return
@@ -64,22 +65,69 @@ def env(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable o
 
 
 @app.command()
-def providers() -> None:
-    """List ONNX Runtime providers and torch devices, and why each unusable one is unusable."""
+def providers(
+    check: Annotated[bool, typer.Option("--check", help="Run the loss and gradient on each usable provider: placement, parity with the CPU, TF32, libraries.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (with --check: every measurement).")] = False,
+) -> None:
+    """List ONNX Runtime providers and torch devices, and why each unusable one is unusable (each usable one ran a Conv and a MatMul)."""
     import torch
 
     from onnxstyle.providers import ort_package, probe_providers, short_name
     from onnxstyle.runners import Runner, runner_status
 
+    if check:
+        _provider_check(as_json)
+        return
+    rows = [("onnxruntime", short_name(status.name), status.usable, status.reason) for status in probe_providers()]
+    for device in ("cpu", "cuda"):
+        reason = runner_status(Runner("torch", device))
+        rows.append(("torch", device, reason is None, reason or "ok"))
+    if as_json:
+        out.print_json(json.dumps([{"engine": engine, "provider": name, "usable": usable, "reason": reason} for engine, name, usable, reason in rows]))
+        return
     table = Table(title=f"execution providers ({ort_package()}, torch {torch.__version__})")
     for column in ("engine", "provider", "usable", "reason"):
         table.add_column(column)
-    for status in probe_providers():
-        table.add_row("onnxruntime", short_name(status.name), "yes" if status.usable else "no", status.reason)
-    for device in ("cpu", "cuda"):
-        reason = runner_status(Runner("torch", device))
-        table.add_row("torch", device, "no" if reason else "yes", reason or "ok")
+    for engine, name, usable, reason in rows:
+        table.add_row(engine, name, "yes" if usable else "no", reason)
     out.print(table)
+
+
+def _provider_check(as_json: bool) -> None:
+    """``providers --check``: exits 8 when a usable provider runs nodes elsewhere, differs from the CPU, or uses TF32 for fp32."""
+    from onnxstyle.errors import ProviderError
+    from onnxstyle.provider_check import check_providers
+    from onnxstyle.providers import ort_package
+
+    _warn_environment()
+    with err.status("running the loss and gradient on every usable provider…"):
+        checks = check_providers()
+    if as_json:
+        out.print_json(json.dumps([check.as_dict() for check in checks]))
+    else:
+        table = Table(title=f"provider check: NIN 64 px loss+gradient ({ort_package()})")
+        for column in ("runner", "verdict", "nodes (provider: count)", "memcpy", "shape ops", "grad vs torch-cpu", "grad vs fp64", "TF32"):
+            table.add_column(column)
+        for check in checks:
+            if not check.usable:
+                table.add_row(check.runner, "not usable", check.reason, *["–"] * 5)
+                continue
+            placement = check.placement
+            nodes = "; ".join(f"{name}: {count}" for name, count in placement.nodes.items()) if placement else "– (torch)"
+            tf32 = "–" if check.tf32 is None else ("ON" if check.tf32 else "off") + f" ({max(check.tf32_errors.values()):.0e})"
+            table.add_row(
+                check.runner, "ok" if check.ok else "PROBLEM", nodes, "–" if placement is None else str(placement.memcpy),
+                "–" if placement is None else str(placement.shape_ops), f"{check.grad_error_vs_cpu:.1e}", f"{check.grad_error_vs_fp64:.1e}", tf32,
+            )
+        out.print(table)
+        libraries = next((check.libraries for check in checks if check.libraries), [])
+        out.print("GPU libraries loaded: " + (", ".join(libraries) if libraries else "none"), highlight=False)
+        for check in checks:
+            for problem in check.problems:
+                out.print(f"[red]{check.runner}: {problem}[/]", highlight=False)
+    failed = [check.runner for check in checks if check.usable and not check.ok]
+    if failed:
+        raise ProviderError(f"provider check failed for {', '.join(failed)}")
 
 
 @app.command()
@@ -251,6 +299,13 @@ def _warn_threads(threads: int | None) -> None:
         err.print(f"[yellow]--threads {threads} is more than the {default_threads()} CPUs this process may use; using {default_threads()}[/]")
 
 
+def _warn_environment() -> None:
+    from onnxstyle.sysinfo import environment_warnings
+
+    for warning in environment_warnings():
+        err.print(f"[yellow]warning: {warning}[/]", highlight=False)
+
+
 def _pace(iterations: int, seconds: float) -> str:
     """it/min, or seconds per iteration when that reads better (large images)."""
     rate = 60 * iterations / seconds if seconds > 0 else 0.0
@@ -296,6 +351,7 @@ def bench(
     )
     check_directory(out_dir)
     _warn_threads(threads)
+    _warn_environment()
     labels = {spec.name: resolve(weights, spec).label for spec in options.models}
     if any("timing only" in label for label in labels.values()):
         err.print("[yellow]weights: synthetic — timing only (speed is what is measured; images are not meaningful)[/]")
@@ -335,6 +391,56 @@ def bench(
         err.print("[red]error:[/] ", end="")
         err.print(unmeasured[0], highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(unmeasured[1])
+
+
+@app.command()
+def parity(
+    provider: Annotated[str, typer.Option(help="Comma list of runners, as bench's --provider (cpu, cuda, torch-cuda, eager-cuda, …).")] = "cpu,torch",
+    model: Annotated[str, typer.Option(help="Comma list of vgg19/vgg, nin.")] = "vgg19",
+    sizes: Annotated[str, typer.Option(help="Comma list of square sizes.")] = "256",
+    precision: Annotated[str, typer.Option(help="fp32, tf32, fp16 or bf16, for every runner.")] = "fp32",
+    weights: Annotated[str, typer.Option(help="auto | synthetic | catalogue id | PATH.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: CPUs available to this process).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the JSON and Markdown report.")] = Path("reports"),
+    name: Annotated[Optional[str], typer.Option(help="Report file stem (default parity-YYYYmmdd-HHMMSS).")] = None,
+) -> None:
+    """Gradient parity of each runner against torch autograd (CPU, fp32) at the sizes given, with the same targets."""
+    import time
+
+    from onnxstyle.bench.options import parse_models, parse_precisions, parse_sizes
+    from onnxstyle.errors import UsageError
+    from onnxstyle.parity import gradient_parity, parity_files, rows_in
+    from onnxstyle.report import LiveReport, ReportWriter, check_directory, check_stem
+    from onnxstyle.runners import parse_runner
+    from onnxstyle.sysinfo import fingerprint
+
+    runners = [parse_runner(item) for item in provider.split(",") if item.strip()]
+    models = parse_models(model)
+    size_list = [width for width, _ in parse_sizes(sizes)]
+    precisions = parse_precisions(precision)
+    if len(precisions) != 1:
+        raise UsageError(f"parity takes one precision, got {precision} (run it once per precision)")
+    check_directory(out_dir)
+    _warn_environment()
+    stem = check_stem(name) if name else time.strftime("parity-%Y%m%d-%H%M%S")
+    system = fingerprint()
+    rows: list[Any] = []
+    with ReportWriter(out_dir, stem, measured_in=rows_in, unit="rows") as writer:
+        live = LiveReport(writer)
+
+        def on_row(row: Any) -> None:
+            rows.append(row)
+            figure = f"failed: {row.error}" if row.error else f"gradient {row.grad_error:.1e}, loss {row.loss_error:.1e} ({row.seconds:.1f} s)"
+            out.print(f"  {row.model:6} {row.size:>5} px {row.runner:14} {row.precision:5} {figure}", highlight=False)
+            if (failure := live.save(len(rows), parity_files(rows, system))) is not None:
+                err.print(f"[red]could not write the report: {failure}[/]", highlight=False)
+
+        with _interrupt_note("parity interrupted: the rows measured so far are in the report"):
+            gradient_parity(
+                runners=runners, models=models, sizes=size_list, precision=precisions[0], weights=weights, threads=threads, on_row=on_row
+            )
+    for kind, path in writer.paths.items():
+        out.print(f"{kind:4} {path}", highlight=False)
 
 
 @app.command()

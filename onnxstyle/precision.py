@@ -30,6 +30,11 @@ LOSS_TOLERANCES = {"fp32": 1e-4, "tf32": 1e-3, "bf16": 2e-2, "fp16": 1e-2}
 # fp32; graphs exported in fp16 are held to 1e-2 (with shared ReLU/pool decisions measured ≤ 1e-3 on both
 # backbones: the rounding of 5 exponent and 10 mantissa bits, not a wrong graph).
 EXPORT_TOLERANCES = {"fp32": 1e-4, "fp16": 1e-2}
+# `providers --check`: an fp32 provider against torch fp32 on the CPU, same targets, at 64 px (the issue's GPU target).
+PROVIDER_PARITY_TOLERANCE = 1e-4
+# Its TF32 probes (a K=2048 matmul, a K=1152 convolution) against float64: fp32 sums land near 1e-6, TF32's 10-bit
+# mantissa near 1e-3, so an error above this floor means TF32 (or worse) ran where fp32 was asked for.
+TF32_ERROR_FLOOR = 1e-4
 
 # fp16 keeps 5 exponent bits: image gradients of order 1e-8 would flush to zero without a loss scale
 # (static; an overflow is detected and reported by the engines, never left as NaN).
@@ -98,11 +103,42 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
 
 
 def set_tf32(device: torch.device, precision: str) -> None:
-    """Pin TF32 explicitly on CUDA (torch's defaults differ between matmul and cuDNN)."""
-    if device.type == "cuda":
-        enabled = precision == "tf32"
-        torch.backends.cuda.matmul.allow_tf32 = enabled
+    """Pin TF32 for CUDA matmuls and cuDNN convolutions (torch's defaults differ: cuDNN allows it, cuBLAS not).
+
+    The switches are process-global, so engines pin them before every step, not once: two engines in one
+    process (a parity check, an interleaved group) would otherwise both run with whichever was set last.
+    torch ≥ 2.9 has ``fp32_precision`` and refuses reads once the legacy ``allow_tf32`` was mixed in, so
+    the new switches are used wherever they exist.
+    """
+    if device.type != "cuda":
+        return
+    enabled = precision == "tf32"
+    matmul, convolution = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(matmul, "fp32_precision") and convolution is not None and hasattr(convolution, "fp32_precision"):
+        matmul.fp32_precision = "tf32" if enabled else "ieee"
+        convolution.fp32_precision = "tf32" if enabled else "ieee"
+    else:
+        matmul.allow_tf32 = enabled
         torch.backends.cudnn.allow_tf32 = enabled
+
+
+def tf32_state() -> dict[str, bool]:
+    """Whether torch lets CUDA matmuls and cuDNN convolutions use TF32 right now (for reports)."""
+    matmul, convolution = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(matmul, "fp32_precision") and convolution is not None and hasattr(convolution, "fp32_precision"):
+        return {"matmul": matmul.fp32_precision == "tf32", "cudnn_conv": convolution.fp32_precision == "tf32"}
+    return {"matmul": bool(matmul.allow_tf32), "cudnn_conv": bool(torch.backends.cudnn.allow_tf32)}
+
+
+def tf32_override() -> str | None:
+    """A warning when ``NVIDIA_TF32_OVERRIDE`` is set: the CUDA libraries then ignore every TF32 switch above."""
+    import os
+
+    value = os.environ.get("NVIDIA_TF32_OVERRIDE")
+    if value is None:
+        return None
+    effect = "TF32 is off everywhere, so tf32 cells measure fp32" if value == "0" else "CUDA libraries may use TF32 even for fp32 cells"
+    return f"NVIDIA_TF32_OVERRIDE={value} is set: {effect}"
 
 
 @contextmanager

@@ -85,18 +85,21 @@ class ProviderConfig:
     precision: str = "fp32"
     cuda_graph: bool = False
     profile_prefix: str | None = None  # ORT's profiler on, writing PREFIX_<time>.json (onnxstyle profile)
+    cpu_fallback: bool = False  # only `providers --check`, which measures what would fall back instead of refusing it
 
     def options(self) -> dict[str, str]:
         """Provider options per the ONNX Runtime documentation, with TF32, fp16 and algo search pinned.
 
         Everything that changes speed is set explicitly (never left to a default that differs between
-        ORT versions) and recorded in reports: cuDNN's exhaustive algorithm search, TF32 only when asked,
-        CUDA graphs only when asked.
+        ORT versions) and recorded in reports: cuDNN's algorithm search, TF32 only when asked, CUDA graphs
+        only when asked. ``use_tf32=0`` deselects tensor-core engines but is not a guarantee (ORT retries
+        with TF32 when no other cuDNN plan builds): ``providers --check`` measures what really ran.
         """
         options: dict[str, str] = {}
         if self.provider == "CUDAExecutionProvider":
             options = {
                 "device_id": str(self.device_id),
+                # Asks cuDNN for its best-ranked algorithms; ORT's cuDNN 9 path maps it to a heuristic mode, not a timed search.
                 "cudnn_conv_algo_search": "EXHAUSTIVE",
                 "use_tf32": "1" if self.precision == "tf32" else "0",
                 "do_copy_in_default_stream": "1",
@@ -140,7 +143,7 @@ def session_options(config: ProviderConfig) -> Any:
     if config.threads:
         options.intra_op_num_threads = config.threads
         options.inter_op_num_threads = 1
-    if config.provider != "CPUExecutionProvider":
+    if config.provider != "CPUExecutionProvider" and not config.cpu_fallback:
         options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     return options
 
@@ -154,7 +157,11 @@ REQUIRED_LIBRARIES: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 def preflight(provider: str) -> str | None:
-    """Why ``provider`` cannot work on this machine, or ``None`` if nothing obvious is missing."""
+    """Why ``provider`` cannot work on this machine, or ``None`` if nothing obvious is missing.
+
+    The provider's own shared library is loaded here: the dynamic loader names the first library it
+    lacks (``libcublasLt.so.13: cannot open shared object file``), which ORT's banner would bury.
+    """
     import ctypes
     import sys
 
@@ -169,7 +176,57 @@ def preflight(provider: str) -> str | None:
             ctypes.CDLL(library)
         except OSError:
             return f"{meaning} ({library} not found)"
+    if provider in CUDA_PROVIDERS:
+        preload_cuda_libraries()
+        own = provider_library(provider)
+        if own is not None:
+            try:
+                ctypes.CDLL(str(own))
+            except OSError as error:
+                return f"{own.name} cannot load: {missing_library(str(error)) or first_line(error)}"
     return None
+
+
+def provider_library(provider: str) -> Path | None:
+    """The shared library ORT loads for ``provider`` (``libonnxruntime_providers_cuda.so``), if this build ships one."""
+    import onnxruntime as ort
+
+    name = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}.get(provider)
+    if name is None:
+        return None
+    path = Path(ort.__file__).parent / "capi" / f"libonnxruntime_providers_{name}.so"
+    return path if path.exists() else None
+
+
+def preload_cuda_libraries() -> list[str]:
+    """Load CUDA and cuDNN from the nvidia-* pip wheels the way ORT documents (``preload_dlls``); what it said.
+
+    torch loads its own copies on import; a CUDA-major mismatch between the two shows up in these lines.
+    """
+    import contextlib
+    import io
+
+    import onnxruntime as ort
+
+    if not hasattr(ort, "preload_dlls"):
+        return []
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        try:
+            ort.preload_dlls(cuda=True, cudnn=True, msvc=False)
+        except Exception as error:  # a missing nvidia-* folder raises; loading by soname may still work
+            print(first_line(error))
+    return [line.strip() for line in said.getvalue().splitlines() if line.strip()]
+
+
+def missing_library(text: str) -> str | None:
+    """The shared library an error message says could not be loaded (``libcudnn.so.9``), if it names one."""
+    import re
+
+    found = re.search(r"(lib[\w+.-]*?\.so(?:\.\d+)*)\s*:\s*cannot open shared object", text) or re.search(
+        r"(?:load|open|find)\w*\s+(?:library\s+)?['\"]?(lib[\w+-]+\.so(?:\.\d+)*)", text, re.IGNORECASE
+    )
+    return f"missing {found.group(1)}" if found else None
 
 
 def create_session(model: bytes | str | Path, config: ProviderConfig) -> Any:
@@ -206,16 +263,130 @@ def verify_provider(effective: Sequence[str], requested: str) -> None:
         )
 
 
+ORT_DISTRIBUTIONS = ("onnxruntime-gpu", "onnxruntime", "onnxruntime-openvino", "onnxruntime-directml", "onnxruntime-silicon", "onnxruntime-qnn")
+
+
 def ort_package() -> str:
-    """Which onnxruntime distribution is installed (they share the import name)."""
+    """Which onnxruntime build this process imported, by the build's own record (the wheels share the import name)."""
+    info = ort_info()
+    return f"{info['package']} {info['version']}"
+
+
+def ort_info() -> dict[str, object]:
+    """The imported ORT build: package, file, device, CUDA/cuDNN it was built for, and every ORT wheel installed.
+
+    Package metadata alone names whichever distribution it finds first; with the CPU and GPU wheels both
+    installed, the files of the last one installed win, so the build's own ``build_and_package_info`` is asked.
+    """
     from importlib import metadata
 
-    for name in ("onnxruntime-gpu", "onnxruntime", "onnxruntime-openvino", "onnxruntime-directml", "onnxruntime-silicon"):
+    import onnxruntime as ort
+
+    installed = {}
+    for name in ORT_DISTRIBUTIONS:
         try:
-            return f"{name} {metadata.version(name)}"
+            installed[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    return "onnxruntime (unknown distribution)"
+    try:
+        from onnxruntime.capi import build_and_package_info as build
+
+        package = str(getattr(build, "package_name", "onnxruntime"))
+    except ImportError:
+        build, package = None, next(iter(installed), "onnxruntime")
+    return {
+        "package": package,
+        "version": ort.__version__,
+        "file": str(Path(ort.__file__).parent),
+        "device": ort.get_device(),
+        "cuda_version": getattr(build, "cuda_version", None),
+        "cudnn_version": getattr(build, "cudnn_version", None),
+        "distributions_installed": installed,
+    }
+
+
+def ort_conflict(info: dict[str, object]) -> str | None:
+    """A warning when two ORT wheels share the import name: whichever was installed last overwrote the other's files."""
+    installed = info["distributions_installed"]
+    assert isinstance(installed, dict)
+    if len(installed) < 2:
+        return None
+    listed = ", ".join(f"{name} {version}" for name, version in installed.items())
+    return f"{listed} are all installed and share the import name; this process runs {info['package']} from {info['file']} (uninstall all, then install one)"
+
+
+PROBE_CONV = (1, 4, 6, 6)  # input of the probe's 3×3 convolution (4 → 3 channels, padding 1)
+PROBE_MATMUL = (8, 16)  # left operand of the probe's MatMul (16 → 8)
+# The probe decides "works", not "exact": TF32 (10 mantissa bits) must pass, a wrong kernel or zeros must not.
+PROBE_TOLERANCE = 1e-2
+
+
+def probe_inputs() -> dict[str, Any]:
+    import numpy as np
+
+    generator = np.random.default_rng(0)
+    return {
+        "x": generator.standard_normal(PROBE_CONV).astype(np.float32),
+        "a": generator.standard_normal(PROBE_MATMUL).astype(np.float32),
+        "w": generator.standard_normal((3, PROBE_CONV[1], 3, 3)).astype(np.float32),
+        "b": generator.standard_normal((PROBE_MATMUL[1], 8)).astype(np.float32),
+    }
+
+
+def probe_model() -> bytes:
+    """A Conv and a MatMul with every shape fixed: running it makes the provider load its cuDNN and cuBLAS."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    values = probe_inputs()
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("MatMul", ["a", "b"], ["matmul"]),
+    ]
+    batch, _, height, width = PROBE_CONV
+    graph = helper.make_graph(
+        nodes,
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(PROBE_CONV)), helper.make_tensor_value_info("a", TensorProto.FLOAT, list(PROBE_MATMUL))],
+        [
+            helper.make_tensor_value_info("conv", TensorProto.FLOAT, [batch, 3, height, width]),
+            helper.make_tensor_value_info("matmul", TensorProto.FLOAT, [PROBE_MATMUL[0], 8]),
+        ],
+        initializer=[numpy_helper.from_array(values["w"], "w"), numpy_helper.from_array(values["b"], "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def convolve(image: Any, kernel: Any, padding: int) -> Any:
+    """Direct 2-D cross-correlation (ONNX Conv, stride 1) in float64: the reference the providers are held to."""
+    import numpy as np
+
+    padded = np.pad(image.astype(np.float64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    rows, cols = kernel.shape[2:]
+    height, width = padded.shape[2] - rows + 1, padded.shape[3] - cols + 1
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (rows, cols), axis=(2, 3))[:, :, :height, :width]
+    return np.einsum("bchwij,ocij->bohw", windows, kernel.astype(np.float64))
+
+
+def probe_expected() -> dict[str, Any]:
+    import numpy as np
+
+    values = probe_inputs()
+    return {"conv": convolve(values["x"], values["w"], 1), "matmul": values["a"].astype(np.float64) @ values["b"].astype(np.float64)}
+
+
+def run_probe(session: Any) -> str | None:
+    """Run the probe on ``session`` and compare with numpy; why it is wrong, or None."""
+    import numpy as np
+
+    values = probe_inputs()
+    outputs = session.run(["conv", "matmul"], {"x": values["x"], "a": values["a"]})
+    for (name, expected), got in zip(probe_expected().items(), outputs, strict=True):
+        error = float(np.linalg.norm(got - expected) / np.linalg.norm(expected))
+        if not error <= PROBE_TOLERANCE:
+            return f"its {name} differs from numpy by {error:.2g} (relative)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -225,28 +396,28 @@ class ProviderStatus:
     reason: str
 
 
-def probe_model() -> bytes:
-    from onnx import TensorProto, helper
+def probe_provider(provider: str) -> ProviderStatus:
+    """Open the probe on ``provider`` with no CPU fallback, run it and check its answer.
 
-    node = helper.make_node("Relu", ["x"], ["y"])
-    graph = helper.make_graph(
-        [node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])]
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
+    Creating a session proves little: CUDA loads cuDNN and cuBLAS at the first run, and a library missing
+    then ends as a CPU fallback or a failed run whose line names the library.
+    """
+    try:
+        session = create_session(probe_model(), ProviderConfig(provider))
+    except ProviderError as error:
+        return ProviderStatus(provider, False, str(error))
+    try:
+        wrong = run_probe(session)
+    except Exception as error:  # ORT raises its own Fail/RuntimeException types
+        reason = missing_library(str(error)) or first_line(error)
+        return ProviderStatus(provider, False, f"provider {short_name(provider)} fails its first run: {reason}")
+    if wrong:
+        return ProviderStatus(provider, False, f"provider {short_name(provider)} computes wrong results: {wrong}")
+    return ProviderStatus(provider, True, "ok: ran a Conv and a MatMul, equal to numpy")
 
 
 def probe_providers() -> list[ProviderStatus]:
-    """Try a one-node session on every provider ORT lists, so 'available' means 'works here'."""
+    """Probe every provider ORT lists, so 'available' means 'works here'."""
     import onnxruntime as ort
 
-    statuses = []
-    probe = probe_model()
-    for provider in ort.get_available_providers():
-        try:
-            create_session(probe, ProviderConfig(provider))
-            statuses.append(ProviderStatus(provider, True, "ok"))
-        except ProviderError as error:
-            statuses.append(ProviderStatus(provider, False, str(error)))
-    return statuses
+    return [probe_provider(provider) for provider in ort.get_available_providers()]

@@ -39,7 +39,7 @@ def fingerprint() -> dict[str, object]:
     import torch
 
     from onnxstyle import __version__
-    from onnxstyle.providers import ort_package
+    from onnxstyle.providers import ort_info
 
     try:
         import onnxruntime as ort
@@ -47,6 +47,7 @@ def fingerprint() -> dict[str, object]:
         providers = ort.get_available_providers()
     except ImportError:
         providers = []
+    build = ort_info()
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     return {
         "onnxstyle": __version__,
@@ -63,10 +64,21 @@ def fingerprint() -> dict[str, object]:
         "torch": torch.__version__,
         "torchvision": _version("torchvision"),
         "onnx": _version("onnx"),
-        "onnxruntime": ort_package(),
+        "onnxruntime": f"{build['package']} {build['version']}",
+        "onnxruntime_build": {key: value for key, value in build.items() if key not in ("package", "version")},
         "ort_providers_compiled_in": providers,
+        "nvidia_tf32_override": os.environ.get("NVIDIA_TF32_OVERRIDE", "unset"),
         "weights_auto": auto_weights(),
     }
+
+
+def environment_warnings() -> list[str]:
+    """What on this machine would make a GPU figure mean something else than its label says."""
+    from onnxstyle.precision import tf32_override
+    from onnxstyle.providers import ort_conflict, ort_info
+
+    warnings = [tf32_override(), ort_conflict(ort_info())]
+    return [warning for warning in warnings if warning]
 
 
 def auto_weights() -> dict[str, str]:

@@ -9,7 +9,7 @@ from typing import Protocol
 import torch
 
 from onnxstyle.bench.options import CHECK_SIZE, LEARNING_RATE
-from onnxstyle.engines import Engine, EngineSpec, create_engine
+from onnxstyle.engines import Engine, EngineSpec, Targets, create_engine
 from onnxstyle.engines.eager import EagerLoop
 from onnxstyle.engines.torch_engine import TorchEngine
 from onnxstyle.exporters.validation import relative_error
@@ -72,24 +72,36 @@ def build_loop(
     return EngineLoop(engine, content)
 
 
+def runner_loss_and_grad(
+    runner: Runner, spec: EngineSpec, targets: Targets, content: torch.Tensor, style: torch.Tensor, image: torch.Tensor,
+    threads: int | None, precision: str = "fp32",
+) -> tuple[float, torch.Tensor]:
+    """One runner's loss and gradient at ``image``: our engines with the given targets, eager with its own (built as a user would)."""
+    side = tuple(image.shape[2:])
+    if runner.engine == "eager":
+        eager = EagerLoop(spec, content, style, targets.weights, device=runner.target, threads=threads, precision=precision)
+        return eager.loss_and_grad(image)
+    engine = create_engine(runner.engine, spec, provider=runner.target, threads=threads, sizes=[side], precision=precision)
+    engine.set_targets(targets)
+    terms, grad = engine.loss_and_grad(image.to(engine.device))
+    return terms.total, grad
+
+
+def gradient_check_images(side: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(content, style, image) of the gradient checks: the demo pair, and a point between them."""
+    content, style = demo_pair(side, side)
+    return content, style, (content * 0.8 + style * 0.2).clamp(0, 1)
+
+
 def check_gradient(runner: Runner, spec: EngineSpec, threads: int | None, precision: str = "fp32") -> dict[str, object]:
     """Loss and gradient of ``runner`` at ``precision`` against torch autograd (CPU, fp32) on the same small problem."""
     side = max(CHECK_SIZE, spec.backbone.min_size(spec.layers))
-    content, style = demo_pair(side, side)
-    weights = spec.loss_weights()
-    image = (content * 0.8 + style * 0.2).clamp(0, 1)
+    content, style, image = gradient_check_images(side)
     reference = TorchEngine(spec, "cpu", threads=threads)
-    targets = reference.build_targets(content, [style], [1.0], weights)
+    targets = reference.build_targets(content, [style], [1.0], spec.loss_weights())
     reference.set_targets(targets)
     expected_terms, expected_grad = reference.loss_and_grad(image)
-    if runner.engine == "eager":
-        eager = EagerLoop(spec, content, style, weights, device=runner.target, threads=threads, precision=precision)
-        loss, grad = eager.loss_and_grad(image)
-    else:
-        engine = create_engine(runner.engine, spec, provider=runner.target, threads=threads, sizes=[(side, side)], precision=precision)
-        engine.set_targets(targets)
-        terms, grad = engine.loss_and_grad(image.to(engine.device))
-        loss = terms.total
+    loss, grad = runner_loss_and_grad(runner, spec, targets, content, style, image, threads, precision)
     loss_error = abs(loss - expected_terms.total) / abs(expected_terms.total)
     grad_error = relative_error(grad.detach().cpu().numpy(), expected_grad.numpy())
     return {

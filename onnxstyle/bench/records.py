@@ -133,7 +133,8 @@ class Cell:
     rss_before_bytes: int | None = None  # the worker's RSS after its imports, before set-up
     peak_rss_bytes: int | None = None  # the worker's peak RSS over set-up, warm-up and windows
     device_peak_bytes: int | None = None  # torch's allocator peak on the GPU (misses ORT's arena)
-    device_used_bytes: int | None = None  # device-wide memory the worker took (mem_get_info delta), ORT included
+    device_used_bytes: int | None = None  # GPU memory the worker took, ORT's arena included (see device_memory_source)
+    device_memory_source: str | None = None  # "nvml: this process" or "mem_get_info: device-wide delta" (other processes count)
     estimate_bytes: int | None = None
     first_loss: float | None = None
     final_loss: float | None = None

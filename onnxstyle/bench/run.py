@@ -158,6 +158,7 @@ def finish_cell(run: CellRun, roofs: dict[str, GemmRate]) -> None:
     used = run.worker.call("finish", 60.0)
     cell.peak_rss_bytes, cell.device_peak_bytes = used["peak_rss_bytes"], used["device_peak_bytes"]
     cell.device_used_bytes, cell.thread_counts = used["device_used_bytes"], used["thread_counts"]
+    cell.device_memory_source = used.get("device_memory_source")
     if not math.isfinite(run.loss):
         raise NumericalError(f"loss became {run.loss} during the benchmark")
     rates = cell.window_rates()

@@ -54,6 +54,7 @@ class CellSession:
         self.rss_before = _resident_bytes()
         self.device_free_before = _device_free(device)
         self.device_free_least = self.device_free_before
+        self.process_device_peak: int | None = None
         self.loop: Loop | None = None
         self.loss = math.nan
 
@@ -124,6 +125,9 @@ class CellSession:
         free = _device_free(self.device)
         if free is not None and self.device_free_least is not None:
             self.device_free_least = min(self.device_free_least, free)
+        mine = process_device_bytes(self.device)
+        if mine is not None:
+            self.process_device_peak = max(self.process_device_peak or 0, mine)
 
     def finish(self) -> dict[str, Any]:
         """What the worker used: peak RSS, device memory, and the threads each library ran with."""
@@ -138,15 +142,39 @@ class CellSession:
         for variable in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS"):
             if variable in os.environ:
                 counts[variable] = os.environ[variable]
-        used = None
-        if self.device_free_before is not None and self.device_free_least is not None:
-            used = self.device_free_before - self.device_free_least
+        used, source = self.process_device_peak, "nvml: this process"
+        if used is None and self.device_free_before is not None and self.device_free_least is not None:
+            used, source = self.device_free_before - self.device_free_least, "mem_get_info: device-wide delta"
         return {
             "peak_rss_bytes": _peak_resident_bytes(),
             "device_peak_bytes": int(torch.cuda.max_memory_allocated()) if self.device.startswith("cuda") else None,
             "device_used_bytes": used,
+            "device_memory_source": source if used is not None else None,
             "thread_counts": counts,
         }
+
+
+def process_device_bytes(device: str) -> int | None:
+    """GPU memory this process holds, by NVML (torch's allocator and ORT's arena alike), or None without NVML.
+
+    NVML cannot see the process where the container hides host PIDs; then the device-wide delta stands in.
+    """
+    if not device.startswith("cuda"):
+        return None
+    try:
+        import pynvml  # nvidia-ml-py
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        index = torch.device(device).index or 0
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        for process in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if process.pid == os.getpid() and process.usedGpuMemory is not None:
+                return int(process.usedGpuMemory)
+    except pynvml.NVMLError:
+        return None
+    return None
 
 
 def _device_free(device: str) -> int | None:

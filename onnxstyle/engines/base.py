@@ -76,7 +76,13 @@ class Engine(ABC):
         """Requested and effective device/provider and options, for reports."""
 
     def set_targets(self, targets: Targets) -> None:
-        self.targets = targets
+        """Keep ``targets`` on this engine's device (targets built by another engine, e.g. a CPU reference, may arrive)."""
+        device = self.device
+        self.targets = Targets(
+            {layer: value.to(device) for layer, value in targets.content.items()},
+            {layer: value.to(device) for layer, value in targets.style.items()},
+            targets.weights,
+        )
 
     def build_targets(
         self, content: torch.Tensor, styles: list[torch.Tensor], blend: list[float], weights: LossWeights

@@ -16,7 +16,7 @@ from torch import nn
 from onnxstyle.engines.base import EngineSpec
 from onnxstyle.engines.torch_engine import torch_device
 from onnxstyle.losses import LossWeights, content_loss, gram_matrix, style_loss, tv_loss
-from onnxstyle.precision import autocast_dtype, require, set_tf32
+from onnxstyle.precision import autocast_dtype, require, set_tf32, tf32_state
 from onnxstyle.sysinfo import default_threads
 from onnxstyle.weights import Preprocessing, build_backbone
 
@@ -128,6 +128,7 @@ class EagerLoop:
 
     def loss_and_grad(self, image: torch.Tensor) -> tuple[float, torch.Tensor]:
         """Loss and gradient at ``image`` (for the correctness check; the loop uses ``step``)."""
+        set_tf32(self._device, self.precision)
         pixels = image.detach().clone().to(self._device).requires_grad_(True)
         loss = self._loss(pixels)
         loss.backward()
@@ -136,6 +137,7 @@ class EagerLoop:
 
     def step(self) -> float:
         started = time.perf_counter()
+        set_tf32(self._device, self.precision)
         self.optimizer.zero_grad()
         loss = self._loss(self.pixels)
         loss.backward()
@@ -151,5 +153,6 @@ class EagerLoop:
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "precision": self.precision,
+            "tf32": tf32_state() if self._device.type == "cuda" else None,
             "loop": "nn.Sequential with loss modules, loss.backward(), Adam (PyTorch tutorial shape)",
         }

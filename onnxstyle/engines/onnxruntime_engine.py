@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -70,6 +71,21 @@ GraphKind = Literal["loss", "features", "tile_statistics", "tile_gradient"]
 ARENA_FREE_KINDS: tuple[GraphKind, ...] = ("features", "tile_statistics")
 
 
+def session_config(base: ProviderConfig, kind: GraphKind, *, fixed: bool) -> ProviderConfig:
+    """The provider settings of one graph's session, derived from the engine's.
+
+    Only the loss session captures a CUDA graph: it alone runs through IOBinding with fixed buffers. A
+    captured session replays without reading new feeds, so a feature session run with ``session.run``
+    would hand back the content image's features for the style image.
+    """
+    return replace(
+        base,
+        memory_arena=base.memory_arena and kind not in ARENA_FREE_KINDS,
+        profile=None if fixed else base.profile,
+        cuda_graph=base.cuda_graph and kind == "loss",
+    )
+
+
 @dataclass
 class BoundRun:
     """One loss session's IOBinding with fixed device buffers: the image is copied in, nothing is reallocated.
@@ -123,6 +139,8 @@ class OnnxRuntimeEngine(Engine):
             raise UsageError("CUDA graphs need IOBinding (fixed buffer addresses)")
         self._device = torch.device(f"cuda:{config.device_id}") if self.on_gpu else torch.device("cpu")
         self._sessions: dict[tuple[GraphKind, int, int], Any] = {}
+        # Seconds spent building graphs and sessions (cuDNN plans, TensorRT engines): set-up that is not the targets.
+        self.build_seconds = 0.0
         self._graphs: dict[GraphKind, onnx.ModelProto] = {}
         self._network: Backbone | None = None
         # baked into the tile graphs; the same for every tile (TiledEngine passes them too, for engines that need them)
@@ -198,6 +216,7 @@ class OnnxRuntimeEngine(Engine):
         fixed = self._fixed_shapes(kind)
         key = (kind, height, width) if fixed else (kind, 0, 0)
         if key not in self._sessions:
+            started = time.perf_counter()
             if fixed:
                 # The dynamic graph is kept (host memory) to stamp out one fixed-shape copy per size.
                 if kind not in self._graphs:
@@ -205,12 +224,11 @@ class OnnxRuntimeEngine(Engine):
                 graph = fix_dimensions(self._graphs[kind], dimension_values(self.spec.backbone, self.spec.content_layers, height, width))
             else:
                 graph = self._build(kind)
-            arena = self.config.memory_arena and kind not in ARENA_FREE_KINDS
-            config = replace(self.config, memory_arena=arena, profile=None if fixed else self.config.profile)
-            self._sessions[key] = create_session(graph.SerializeToString(), config)
+            self._sessions[key] = create_session(graph.SerializeToString(), session_config(self.config, kind, fixed=fixed))
             # The session holds its own copy of the weights; the proto (≈0.2 GB for VGG19's loss graph) goes.
             del graph
             release_memory()
+            self.build_seconds += time.perf_counter() - started
         return self._sessions[key]
 
     def end_profiling(self, kind: GraphKind) -> str:
@@ -242,11 +260,30 @@ class OnnxRuntimeEngine(Engine):
         self._close("features")
         self._network = None
         feeds = target_feeds(targets.content, targets.style, targets.weights)
-        self._bound.clear()
         if self.io_binding:
-            self._feeds = {name: value.to(self._device).contiguous() for name, value in feeds.items()}
+            self._retarget(feeds)
         else:
             self._feeds = {name: value.detach().cpu().numpy() for name, value in feeds.items()}
+
+    def _retarget(self, feeds: dict[str, torch.Tensor]) -> None:
+        """New targets go into the bound buffers in place, so bindings and captured CUDA graphs stay valid.
+
+        A captured graph replays the device addresses it saw; new buffers would leave it reading freed
+        memory. Only a target whose shape changes (a new image size) gets a new buffer; then every binding
+        is redone and, with CUDA graphs, the loss sessions that captured the old addresses are rebuilt.
+        """
+        reallocated = False
+        for name, value in feeds.items():
+            held = self._feeds.get(name)
+            if isinstance(held, torch.Tensor) and held.shape == value.shape and held.dtype == value.dtype:
+                held.copy_(value)
+            else:
+                self._feeds[name] = value.to(self._device).contiguous().clone()
+                reallocated = True
+        if reallocated and self._bound:
+            self._bound.clear()
+            if self.config.cuda_graph:
+                self._close("loss")
 
     def loss_and_grad(self, image: torch.Tensor) -> tuple[LossTerms, torch.Tensor]:
         assert self.targets is not None, "set_targets() first"
@@ -339,6 +376,7 @@ class OnnxRuntimeEngine(Engine):
             "conv_algorithm": self.conv_algorithm,
             "static_shapes": self.static_shapes,
             "cuda_graph": self.config.cuda_graph,
+            "build_seconds": round(self.build_seconds, 3),
         }
 
 

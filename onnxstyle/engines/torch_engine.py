@@ -7,7 +7,7 @@ import torch
 from onnxstyle.engines.base import Engine, EngineSpec
 from onnxstyle.errors import NumericalError, ProviderError, UsageError
 from onnxstyle.losses import LossTerms, gram_matrix, objective
-from onnxstyle.precision import FP16_LOSS_SCALE, autocast_dtype, exact_bf16_matmuls, require, set_tf32
+from onnxstyle.precision import FP16_LOSS_SCALE, autocast_dtype, exact_bf16_matmuls, require, set_tf32, tf32_state
 from onnxstyle.sysinfo import default_threads
 from onnxstyle.tiling import feature_mask
 from onnxstyle.weights import build_backbone
@@ -63,6 +63,7 @@ class TorchEngine(Engine):
 
     def loss_and_grad(self, image: torch.Tensor) -> tuple[LossTerms, torch.Tensor]:
         assert self.targets is not None, "set_targets() first"
+        set_tf32(self._device, self.precision)
         pixels = image.detach().to(self._device).requires_grad_(True)
         model_input = self.spec.weights.preprocessing.to_model(pixels)
         with exact_bf16_matmuls(self._device, self.network_dtype):
@@ -70,8 +71,7 @@ class TorchEngine(Engine):
                 self.features(model_input), model_input, self.targets.content, self.targets.style, self.targets.weights
             )
             grad = self._gradient(total, pixels)
-        terms = LossTerms(float(total.detach()), [float(t.detach()) for t in content], [float(t.detach()) for t in style], float(tv.detach()))
-        return terms, grad
+        return loss_terms(total, content, style, tv), grad
 
     def tile_statistics(
         self, tile: torch.Tensor, core: torch.Tensor, strides: dict[str, int]
@@ -95,11 +95,12 @@ class TorchEngine(Engine):
         content_scales: dict[str, float],
     ) -> tuple[dict[str, float], torch.Tensor]:
         """The tile's share of the whole-image gradient, through the surrogate ⟨D, ΣF·Fᵀ⟩ + core content loss."""
+        set_tf32(self._device, self.precision)
         pixels = tile.detach().to(self._device).requires_grad_(True)
         with exact_bf16_matmuls(self._device, self.network_dtype):
             features = self.features(self.spec.weights.preprocessing.to_model(pixels))
             surrogate = torch.zeros((), device=self._device)
-            content_parts = {}
+            parts = []
             for layer, direction in style_directions.items():
                 masked = _core_matrix(features[layer], core, strides[layer])
                 surrogate = surrogate + (direction * (masked @ masked.t())).sum()
@@ -107,9 +108,11 @@ class TorchEngine(Engine):
                 value = features[layer]
                 mask = feature_mask(core, strides[layer], *value.shape[2:])
                 part = content_scales[layer] * (((value - target) ** 2) * mask).sum()
-                content_parts[layer] = float(part.detach())
+                parts.append(part.detach())
                 surrogate = surrogate + part
-            return content_parts, self._gradient(surrogate, pixels)
+            grad = self._gradient(surrogate, pixels)
+        values = torch.stack(parts).cpu().tolist() if parts else []
+        return dict(zip(content_targets, values, strict=True)), grad
 
     def _gradient(self, value: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
         """d(value)/d(pixels), through the fp16 loss scale (and its overflow check) when running fp16."""
@@ -129,9 +132,16 @@ class TorchEngine(Engine):
             "network_dtype": str(self.network_dtype).removeprefix("torch.") if self.network_dtype is not None else "float32",
             "losses_and_grams": "fp32 (bf16 products summed in fp32 on CPU)" if self.network_dtype == torch.bfloat16 and self._device.type == "cpu" else "fp32",
             "threads": torch.get_num_threads(),
-            "tf32": self.precision == "tf32" if self._device.type == "cuda" else None,
+            "tf32": tf32_state() if self._device.type == "cuda" else None,
             "torch": torch.__version__,
         }
+
+
+def loss_terms(total: torch.Tensor, content: list[torch.Tensor], style: list[torch.Tensor], tv: torch.Tensor) -> LossTerms:
+    """The loss terms as floats, copied off the device in one transfer (one sync per step, not one per term)."""
+    values = torch.stack([total.detach(), *(t.detach() for t in content), *(t.detach() for t in style), tv.detach()]).cpu().tolist()
+    count = len(content)
+    return LossTerms(values[0], values[1 : 1 + count], values[1 + count : -1], values[-1])
 
 
 def _core_matrix(features: torch.Tensor, core: torch.Tensor, stride: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ from onnxstyle.files import write_atomic
 from onnxstyle.report.schema import Report
 from onnxstyle.report.table import TableData
 
-SYSTEM_KEYS = ("cpu", "cpu_affinity", "cpu_cores_logical", "ram_gb", "gpu", "os", "python", "torch", "onnxruntime", "onnxstyle", "cuda_torch", "cudnn_torch")
+SYSTEM_KEYS = ("cpu", "cpu_affinity", "cpu_cores_logical", "ram_gb", "gpu", "os", "python", "torch", "onnxruntime", "onnxstyle", "cuda_torch", "cudnn_torch", "nvidia_tf32_override")
 
 
 def machine_differences(reports: list[Report]) -> list[list[str]]:

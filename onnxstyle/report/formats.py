@@ -24,7 +24,7 @@ from onnxstyle.report.views import detail_table, noise_lines, speed_table, syste
 CSV_COLUMNS = (
     "model", "runner", "precision", "width", "height", "status", "reason", "median_it_per_min", "q1", "q3", "min", "max",
     "windows", "iterations", "speedup_vs_eager", "speedup_vs_fp32", "gflop_per_iteration", "gflops", "roof_share", "peak_rss_bytes",
-    "device_peak_bytes", "estimate_bytes", "setup_seconds", "first_iteration_seconds", "overhead", "grad_error", "final_loss",
+    "device_peak_bytes", "device_used_bytes", "device_memory_source", "estimate_bytes", "setup_seconds", "first_iteration_seconds", "overhead", "grad_error", "final_loss",
     "provider_effective", "threads", "weights", "noisy", "noise", "cpus_used", "torch_threads", "onnxruntime_threads",
 )
 
@@ -41,7 +41,7 @@ def to_csv(report: Report) -> str:
             stats.get("median", ""), stats.get("q1", ""), stats.get("q3", ""), stats.get("min", ""), stats.get("max", ""),
             len(cell.windows), len(cell.iteration_seconds), "" if ratio is None else ratio, _blank(precision_speedup(report, cell)),
             _blank(cell.gflop_per_iteration), _blank(cell.gflops), _blank(cell.roof_share), _blank(cell.peak_rss_bytes),
-            _blank(cell.device_peak_bytes), _blank(cell.estimate_bytes), _blank(cell.setup_seconds), _blank(cell.first_iteration_seconds),
+            _blank(cell.device_peak_bytes), _blank(cell.device_used_bytes), _blank(cell.device_memory_source), _blank(cell.estimate_bytes), _blank(cell.setup_seconds), _blank(cell.first_iteration_seconds),
             _blank(cell.overhead), "" if not cell.check else cell.check.get("grad_error", ""), _blank(cell.final_loss),
             cell.engine.get("provider_effective", cell.engine.get("device", "")), _blank(cell.threads), cell.weights,
             cell.noisy, noise_text(cell), _blank(cpus_used(cell)), _blank(cell.thread_counts.get("torch")),

@@ -49,7 +49,7 @@ def speed_table(report: Report) -> TableData:
 
 DETAIL_COLUMNS = (
     "model", "runner", "prec.", "size", "it/min", "min–max", "µs/px", "×eager", "×fp32", "GFLOP/s", "roof",
-    "RSS GB", "setup s", "1st it s", "overhead", "threads", "CPUs", "grad err",
+    "memory GB", "setup s", "1st it s", "overhead", "threads", "CPUs", "grad err",
 )
 
 
@@ -79,8 +79,8 @@ def detail_rows(report: Report) -> list[list[str]]:
             "–" if (by_precision := precision_speedup(report, cell)) is None else f"{by_precision:.2f}×",
             "–" if cell.gflops is None else f"{cell.gflops:,.1f}",
             "–" if cell.roof_share is None else f"{100 * cell.roof_share:.0f}%",
-            gigabytes_text(cell.peak_rss_bytes if cell.device_peak_bytes is None else cell.device_peak_bytes),
-            "–" if cell.setup_seconds is None else f"{cell.setup_seconds:.2f}",
+            memory_text(cell),
+            setup_text(cell),
             "–" if cell.first_iteration_seconds is None else f"{cell.first_iteration_seconds:.3f}",
             "–" if cell.overhead is None else f"{100 * cell.overhead:.1f}%",
             threads_text(cell),
@@ -88,6 +88,24 @@ def detail_rows(report: Report) -> list[list[str]]:
             check_text,
         ])
     return rows
+
+
+def setup_text(cell: Cell) -> str:
+    """Set-up seconds, with the part ONNX Runtime spent building graphs and sessions (cuDNN plans, TensorRT engines)."""
+    if cell.setup_seconds is None:
+        return "–"
+    build = cell.engine.get("build_seconds")
+    return f"{cell.setup_seconds:.2f}" + (f" (build {build:.2f})" if isinstance(build, (int, float)) else "")
+
+
+def memory_text(cell: Cell) -> str:
+    """GPU cells: the device memory the worker took, ORT's arena included ("GPU"); CPU cells: the worker's peak RSS.
+
+    torch's allocator peak is in the JSON but never shown alone: it does not see ONNX Runtime's memory.
+    """
+    if cell.device_used_bytes is not None:
+        return f"{gigabytes_text(cell.device_used_bytes)} GPU"
+    return f"{gigabytes_text(cell.peak_rss_bytes)} RSS"
 
 
 def _check_text(check: dict[str, Any] | None) -> str:
