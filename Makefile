@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # the dependency range is already met and pip does not fetch the newest CUDA build (several GB).
 LOCAL_TORCH := $(lastword $(sort $(foreach dir,$(PIP_FIND_LINKS),$(wildcard $(dir)/torch-*+cpu-*.whl))))
 
-.PHONY: setup demo test test-all stylize bench-reference quality-reference bench-large export clean
+.PHONY: setup demo test test-all stylize bench-reference quality-reference bench-large cluster-scale gpu-dry-run gpu-parts export clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,18 @@ bench-large: $(STAMP)
 	$(BIN)/onnxstyle bench --model vgg --provider cpu --sizes 2048 --tile 256 --iterations 1 --runs 1 --warmup 0 --no-check --name vgg19-2048-tile256-cpu
 	$(BIN)/onnxstyle bench --model vgg --provider cpu --sizes 2048 --tile 1024 --iterations 1 --runs 1 --warmup 0 --no-check --name vgg19-2048-tile1024-cpu
 	$(BIN)/onnxstyle bench --model vgg --provider cpu --sizes 512,4096 --runs 3 --warmup 1 --no-check --name vgg19-tiled-speed-cpu
+
+# 8K tiled over 1–64 nodes (bytes, compute, modelled speed-up) and Ray's measured overhead at 2048 px (≈8 min on 2 cores).
+cluster-scale: $(STAMP)
+	$(BIN)/onnxstyle cluster-scale --name cluster-scale
+
+# The GPU acceptance run's stages on the CPU provider at 64 px (≈1 min); on a GPU machine see DEVELOPERS.md.
+gpu-dry-run: $(STAMP)
+	DRY_RUN=1 PYTHON=$(BIN)/python scripts/gpu-acceptance.sh "" gpu-acceptance
+
+# onnxruntime-gpu for Python 3.12, packed into .gpu/ort-N/ parts of 45 MB for a GPU machine without network (≈6 min).
+gpu-parts: $(STAMP)
+	scripts/gpu-parts.sh
 
 # The suite without the cases marked slow (what CI runs); test-all adds them.
 test: $(STAMP)

@@ -193,6 +193,7 @@ def stylize(
     precision: Annotated[str, typer.Option(help="fp32; bf16 (torch on CPUs with AVX-512-BF16/AMX, CUDA); fp16 (onnxruntime, torch on CUDA); tf32 (CUDA).")] = "fp32",
     cuda_graph: Annotated[bool, typer.Option(help="ONNX Runtime on cuda/tensorrt: capture the loss+gradient run once per size and replay it.")] = False,
     tile: Annotated[Optional[int], typer.Option(help="Tile core edge in px for the exact tiled gradient; 0 never tiles. Default: tile only when the image would not fit in free memory.")] = None,
+    cluster: Annotated[Optional[str], typer.Option(help="Run the tiles on a Ray cluster: HOST:PORT, ray://HOST:PORT, or local (pip install 'onnxstyle[cluster]').")] = None,
     scales: Annotated[Optional[str], typer.Option(help="Multi-resolution sizes, increasing (e.g. 512,1024,2048,4096,7680); each starts from the last result. Default above 1024 px: 512, doubling, up to --size.")] = None,
     scale_iterations: Annotated[Optional[str], typer.Option(help="Iterations per scale (comma list); default --iterations at the first scale, halved per scale.")] = None,
 ) -> None:
@@ -213,7 +214,7 @@ def stylize(
         optimizer=optimizer, learning_rate=learning_rate, content_weight=content_weight, style_weight=style_weight,  # type: ignore[arg-type]
         tv_weight=tv_weight, content_layers=content_layers, style_layers=style_layers, style_blend_weights=style_blend_weights,
         style_scale=style_scale, seed=seed, original_colors=original_colors, pooling=pooling, save_every=save_every,  # type: ignore[arg-type]
-        threads=threads, precision=precision, tile=tile, cuda_graph=cuda_graph,
+        threads=threads, precision=precision, tile=tile, cuda_graph=cuda_graph, cluster=cluster,
     )
     plan = parse_scales(scales) if scales else default_scales(parse_size(size or 512))
     kept = f"{output} was not written" if not output.exists() else f"{output} was left as it was"
@@ -280,6 +281,11 @@ def _print_stylized(result: Any) -> None:
             f"tiled: cores of {tiling['core']} px read {tiling['halo_before']}/{tiling['halo_after']} px halos (exact whole-image gradient)",
             highlight=False,
         )
+    cluster = result.engine.get("cluster")
+    if isinstance(cluster, dict):
+        workers = ", ".join(f"{worker['node']} ×{worker['threads']}" for worker in cluster["workers"])
+        lost = f"; lost and rerun elsewhere: {', '.join(cluster['lost'])}" if cluster["lost"] else ""
+        err.print(f"cluster: tile workers on {workers}{lost}", highlight=False)
     if result.timing_only:
         err.print("[yellow]weights: synthetic — timing only, not a real style transfer (install real weights: onnxstyle weights where)[/]")
     out.print(
@@ -331,6 +337,7 @@ def bench(
     cuda_graph: Annotated[bool, typer.Option(help="ONNX Runtime runners on cuda/tensorrt capture each cell's run as a CUDA graph.")] = False,
     interleave: Annotated[bool, typer.Option("--interleave/--sequential", help="Alternate the timed windows of a size's runners (ratios under the same load) where they fit in memory together, or run cells one after another.")] = True,
     env: Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE set in every worker process before it starts (repeatable), e.g. OMP_WAIT_POLICY=PASSIVE; recorded in the report.")] = None,
+    cluster: Annotated[Optional[str], typer.Option(help="Measure on every node of a Ray cluster (HOST:PORT, ray://HOST:PORT or local), each node the cells it can run; one report, by node.")] = None,
 ) -> None:
     """Iterations per minute by runner × model × size, beside the 2016 study; writes reports."""
     import time
@@ -344,11 +351,15 @@ def bench(
 
     if name:
         check_stem(name)
-    options = bench_options(
-        provider=provider, model=model, sizes=sizes, precision=precision, duration=duration, iterations=iterations, runs=runs,
-        warmup=warmup, threads=threads, weights=weights, check=check, tile=tile, cuda_graph=cuda_graph, interleave=interleave,
-        environment=env or [],
-    )
+    request = {
+        "provider": provider, "model": model, "sizes": sizes, "precision": precision, "duration": duration, "iterations": iterations,
+        "runs": runs, "warmup": warmup, "threads": threads, "weights": weights, "check": check, "tile": tile, "cuda_graph": cuda_graph,
+        "interleave": interleave, "environment": env or [],
+    }
+    if cluster is not None:
+        _cluster_bench(request, cluster, out_dir, name)
+        return
+    options = bench_options(**request)
     check_directory(out_dir)
     _warn_threads(threads)
     _warn_environment()
@@ -391,6 +402,108 @@ def bench(
         err.print("[red]error:[/] ", end="")
         err.print(unmeasured[0], highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(unmeasured[1])
+
+
+def _cluster_bench(request: dict[str, Any], address: str, out_dir: Path, name: str | None) -> None:
+    """``bench --cluster``: the nodes decide what they can run; the report is rewritten after every cell that comes back."""
+    import time
+
+    from onnxstyle.bench.options import BenchOptions, parse_models, parse_precisions, parse_sizes
+    from onnxstyle.bench.run import nothing_measured
+    from onnxstyle.cluster.bench import ClusterRun, run_cluster_bench
+    from onnxstyle.report import LiveReport, ReportWriter, check_directory, check_stem, new_report
+    from onnxstyle.weights import resolve
+
+    models = parse_models(request["model"])
+    grid = [(spec.name, width, height) for spec in models for width, height in parse_sizes(request["sizes"])]
+    shape = BenchOptions([], models, parse_sizes(request["sizes"]), parse_precisions(request["precision"]), duration=None if request["iterations"] else request["duration"],
+                         iterations=request["iterations"], runs=request["runs"], warmup=request["warmup"], threads=request["threads"],
+                         weights=request["weights"], check=request["check"], tile=request["tile"], cuda_graph=request["cuda_graph"],
+                         interleave=request["interleave"])
+    check_directory(out_dir)
+    stem = check_stem(name) if name else time.strftime("bench-%Y%m%d-%H%M%S")
+    writer = ReportWriter(out_dir, stem)
+    labels = {spec.name: resolve(request["weights"], spec).label for spec in models}
+    live = LiveReport(writer, new_report([], {**shape.as_dict(), "cluster": address, "runners": request["provider"] or "every usable one, per node"}, {}, labels, ["onnxstyle", *sys.argv[1:]], False))
+
+    def on_change(run: ClusterRun) -> None:
+        assert live.report is not None
+        live.report.nodes = run.nodes
+        if (failure := live.update(run.cells, run.roofs, run.interrupted)) is not None:
+            err.print(f"[red]could not write the report: {failure}[/]", highlight=False)
+
+    shown: set[tuple[str, str, int, int, str]] = set()
+
+    def on_progress(run: ClusterRun) -> None:
+        for cell in run.cells:
+            if cell.key not in shown and cell.status != "pending":
+                shown.add(cell.key)
+                figure = f"{cell.stats['median']:,.1f} it/min" if cell.stats else f"{cell.status}: {cell.reason}"
+                out.print(f"  {cell.model:6} {cell.label:28} {cell.precision:5} {cell.width}x{cell.height:<5} {figure}", highlight=False)
+        on_change(run)
+
+    try:
+        with err.status(f"benchmarking on the cluster at {address}…"):
+            run = run_cluster_bench(request, grid, address=address, on_change=on_progress)
+        assert live.report is not None
+        live.report.nodes = run.nodes
+        live.update(run.cells, run.roofs, run.interrupted, final=True)
+    finally:
+        writer.close()
+    _show(live.report, verdict=False)
+    for kind, path in writer.paths.items():
+        out.print(f"{kind:4} {path}", highlight=False)
+    _verdict(live.report)
+    if run.interrupted:
+        raise typer.Exit(130)
+    if (unmeasured := nothing_measured(run.cells)) is not None:
+        err.print("[red]error:[/] ", end="")
+        err.print(unmeasured[0], highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(unmeasured[1])
+
+
+@app.command("cluster-scale")
+def cluster_scale(
+    size: Annotated[str, typer.Option(help="The image the scale table is for, WIDTHxHEIGHT.")] = "7680x4320",
+    tile: Annotated[int, typer.Option(help="Tile core edge in px.")] = 512,
+    overhead_size: Annotated[int, typer.Option(help="Square size at which Ray's overhead is measured on a local cluster; 0 skips it.")] = 2048,
+    weights: Annotated[str, typer.Option(help="auto | synthetic | catalogue id | PATH (speed does not depend on them).")] = "auto",
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the JSON and Markdown report.")] = Path("reports"),
+    name: Annotated[str, typer.Option(help="Report file stem.")] = "cluster-scale",
+) -> None:
+    """Tiled VGG19 over N nodes: bytes and compute per tile, the modelled speed-up on 1–64 nodes, and Ray's measured overhead."""
+    import json as json_module
+
+    from onnxstyle.backbones import get_backbone
+    from onnxstyle.bench.options import parse_sizes
+    from onnxstyle.cluster.scale import as_json, markdown, measure_driver, measure_overhead, measure_tile, scale_table
+    from onnxstyle.engines import EngineSpec
+    from onnxstyle.report import ReportWriter, check_directory, check_stem
+    from onnxstyle.sysinfo import fingerprint
+    from onnxstyle.tiling import TilePlan, check_tile
+    from onnxstyle.weights import resolve
+
+    (width, height), = parse_sizes(size)
+    vgg = get_backbone("vgg19")
+    spec = EngineSpec.defaults(vgg, resolve(weights, vgg))
+    check_tile(vgg, spec.layers, tile)
+    check_directory(out_dir)
+    check_stem(name)
+    rows, cols = TilePlan.create(vgg, spec.layers, height, width, tile).largest_tile
+    with err.status(f"timing one {cols}x{rows} tile and the driver's work at {width}x{height}…"):
+        tile_seconds = measure_tile(spec, rows, cols)
+        driver_seconds = measure_driver(spec, width, height)
+    table = scale_table(spec, width, height, tile, tile_seconds, driver_seconds, str(fingerprint()["cpu"]))
+    overhead = None
+    if overhead_size:
+        with err.status(f"measuring Ray's overhead at {overhead_size} px on a local cluster…"):
+            overhead = measure_overhead(spec, size=overhead_size, core=tile)
+    text = markdown(table, overhead)
+    with ReportWriter(out_dir, name, measured_in=lambda path: 0, unit="tables") as writer:
+        paths = writer.write_files(1, {"json": json_module.dumps(as_json(table, overhead), indent=1) + "\n", "md": text})
+    out.print(text, highlight=False, markup=False)
+    for kind, path in paths.items():
+        out.print(f"{kind:4} {path}", highlight=False)
 
 
 @app.command()

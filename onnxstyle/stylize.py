@@ -119,6 +119,7 @@ class StylizeConfig:
     precision: str = "fp32"
     tile: int | None = None
     cuda_graph: bool = False
+    cluster: str | None = None  # a Ray address or "local": the tiles run on the cluster's nodes (onnxstyle.cluster)
 
     def __post_init__(self) -> None:
         setattr_ = object.__setattr__
@@ -150,6 +151,11 @@ class StylizeConfig:
             raise UsageError(f"--tile must be positive (or 0 for never), got {self.tile}")
         if self.cuda_graph and self.tile:
             raise UsageError("CUDA graphs replay one fixed-shape run; they cannot be combined with tiling (use --tile 0)")
+        if self.cluster is not None:
+            if not self.cluster.strip():
+                raise UsageError("--cluster needs an address (HOST:PORT, ray://HOST:PORT) or local")
+            if self.tile == 0 or self.cuda_graph:
+                raise UsageError("--cluster runs the image tile by tile; it cannot be combined with --tile 0 or --cuda-graph")
         if self.engine == "torch":
             from onnxstyle.engines.torch_engine import torch_device
 
@@ -174,6 +180,11 @@ def _luminance_transfer(stylised: Image.Image, content: Image.Image) -> Image.Im
     luma = stylised.convert("YCbCr").split()[0]
     _, cb, cr = content.resize(stylised.size).convert("YCbCr").split()
     return Image.merge("YCbCr", (luma, cb, cr)).convert("RGB")
+
+
+# Core edge of a cluster run's tiles when neither --tile nor memory chose one: 512-px cores keep a VGG19
+# tile's halo (≈150 px) under half of its pixels and give a 2048-px image 16 tiles to spread.
+CLUSTER_TILE = 512
 
 
 def _tile_for(spec: EngineSpec, config: StylizeConfig, height: int, width: int) -> int | None:
@@ -243,10 +254,33 @@ def stylize(
     spec = EngineSpec(backbone, tuple(config.content_layers or ()), tuple(config.style_layers or ()), config.pooling, resolved)
     tile = _tile_for(spec, config, content_image.height, content_image.width)
     style_images = [resize(load_image(style), style_side) for style in styles]
-    engine = create_engine(
-        config.engine, spec, provider=config.provider, threads=config.threads, sizes=[(content_image.height, content_image.width)],
-        precision=config.precision, tile=tile, cuda_graph=config.cuda_graph,
-    )
+    sizes = [(content_image.height, content_image.width)]
+    if config.cluster is not None:
+        from onnxstyle.cluster.tiles import cluster_engine
+        from onnxstyle.tiling import check_tile
+
+        core = tile or max(CLUSTER_TILE, spec.backbone.receptive_field(spec.layers))
+        check_tile(spec.backbone, spec.layers, core)
+        engine: Any = cluster_engine(
+            config.engine, spec, address=config.cluster, core=core, provider=config.provider, precision=config.precision, sizes=sizes,
+            threads=config.threads,
+        )
+    else:
+        engine = create_engine(
+            config.engine, spec, provider=config.provider, threads=config.threads, sizes=sizes, precision=config.precision, tile=tile,
+            cuda_graph=config.cuda_graph,
+        )
+    try:
+        return _stylize_with(engine, config, spec, content_image, style_images, blend, init, output, progress, resolved)
+    finally:
+        if config.cluster is not None:
+            engine.cluster.close()
+
+
+def _stylize_with(
+    engine: Any, config: StylizeConfig, spec: EngineSpec, content_image: Image.Image, style_images: list[Image.Image], blend: list[float],
+    init: str | torch.Tensor, output: Path, progress: ProgressCallback | None, resolved: ResolvedWeights,
+) -> StylizeResult:
     loss_weights = LossWeights((config.content_weight,) * len(spec.content_layers), (config.style_weight,) * len(spec.style_layers), config.tv_weight)
     engine.set_targets(engine.build_targets(to_tensor(content_image), [to_tensor(image) for image in style_images], blend, loss_weights))
     run = _Optimisation(engine, config, _start_image(init, content_image, config.seed), output, content_image, progress)

@@ -21,7 +21,7 @@ from typing import Protocol
 import torch
 
 from onnxstyle.backbones import BackboneSpec
-from onnxstyle.engines.base import Engine, EngineSpec
+from onnxstyle.engines.base import Engine, EngineSpec, Targets
 from onnxstyle.errors import UsageError
 from onnxstyle.losses import LossTerms
 from onnxstyle.memory import activation_bytes, estimate_bytes, memory_model
@@ -224,17 +224,89 @@ class TileBackend(Protocol):
     def describe(self) -> dict[str, object]: ...
 
 
+TileStatistics = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
+TileGradient = tuple[dict[str, float], torch.Tensor]
+
+
+class TileExecutor(Protocol):
+    """Where the tiles of one pass are computed: here, one after another, or on many machines (``onnxstyle.cluster``).
+
+    Results come back in the order of ``jobs`` whatever order they finish in, so the sums over tiles are
+    taken in one order and a distributed run equals a local one.
+    """
+
+    def set_content(self, content: dict[str, torch.Tensor]) -> None:
+        """The whole-image content targets, from which each tile's gradient job crops its own."""
+        ...
+
+    def statistics(self, jobs: list[tuple[Tile, torch.Tensor]], with_content: bool) -> Iterator[TileStatistics]:
+        """Per tile: Gram sums over its core, and (if ``with_content``) its content-layer features."""
+        ...
+
+    def gradients(
+        self, jobs: list[tuple[Tile, torch.Tensor]], directions: dict[str, torch.Tensor], content_scales: dict[str, float]
+    ) -> Iterator[TileGradient]: ...
+
+
+def content_crops(content: dict[str, torch.Tensor], tile: Tile, strides: dict[str, int], backbone: BackboneSpec) -> dict[str, torch.Tensor]:
+    """Each content target cut to the feature window a tile computes (zero-padded where the tile's map runs past it)."""
+    crops = {}
+    for layer, target in content.items():
+        stride = strides[layer]
+        shape = backbone.feature_shape(layer, tile.rows.stop - tile.rows.start, tile.cols.stop - tile.cols.start)
+        assert shape is not None
+        top, left = tile.rows.start // stride, tile.cols.start // stride
+        crop = torch.zeros(1, *shape, device=target.device, dtype=target.dtype)
+        available = target[:, :, top : top + shape[1], left : left + shape[2]]
+        crop[:, :, : available.shape[2], : available.shape[3]] = available
+        crops[layer] = crop
+    return crops
+
+
+class LocalTiles:
+    """The tiles of a pass computed by one backend in this process, one at a time (memory holds one tile)."""
+
+    def __init__(self, backend: TileBackend) -> None:
+        self.backend = backend
+        self.strides = layer_strides(backend.spec.backbone, backend.spec.layers)
+        self.content: dict[str, torch.Tensor] = {}
+
+    def set_content(self, content: dict[str, torch.Tensor]) -> None:
+        self.content = content
+
+    def statistics(self, jobs: list[tuple[Tile, torch.Tensor]], with_content: bool) -> Iterator[TileStatistics]:
+        for tile, pixels in jobs:
+            yield self.backend.tile_statistics(pixels, tile.core_mask(self.backend.device), self.strides)
+
+    def gradients(
+        self, jobs: list[tuple[Tile, torch.Tensor]], directions: dict[str, torch.Tensor], content_scales: dict[str, float]
+    ) -> Iterator[TileGradient]:
+        for tile, pixels in jobs:
+            crops = content_crops(self.content, tile, self.strides, self.backend.spec.backbone)
+            yield self.backend.tile_gradient(pixels, tile.core_mask(self.backend.device), self.strides, directions, crops, content_scales)
+
+
 class TiledEngine(Engine):
-    """Any ``TileBackend`` engine, run tile by tile with the exact whole-image loss and gradient."""
+    """Any ``TileBackend`` engine, run tile by tile with the exact whole-image loss and gradient.
+
+    ``executor`` computes each pass's tiles (default: ``backend`` here); the whole-image sums, the loss and
+    total variation are always taken here.
+    """
 
     name = "tiled"
 
-    def __init__(self, backend: TileBackend, core: int) -> None:
+    def __init__(self, backend: TileBackend, core: int, executor: TileExecutor | None = None) -> None:
         super().__init__(backend.spec)
         self.backend = backend
         self.core = core
         self.layers = backend.spec.layers
         self.strides = layer_strides(backend.spec.backbone, self.layers)
+        self.executor = executor if executor is not None else LocalTiles(backend)
+
+    def set_targets(self, targets: Targets) -> None:
+        super().set_targets(targets)
+        assert self.targets is not None
+        self.executor.set_content(self.targets.content)
 
     @property
     def device(self) -> torch.device:
@@ -249,8 +321,8 @@ class TiledEngine(Engine):
         gram_sums: dict[str, torch.Tensor] = {}
         content: dict[str, torch.Tensor] = {}
         backbone = self.spec.backbone
-        for tile in self.plan(height, width).tiles():
-            sums, features = self.backend.tile_statistics(tile.crop(image), tile.core_mask(self.device), self.strides)
+        tiles = list(self.plan(height, width).tiles())
+        for tile, (sums, features) in zip(tiles, self.executor.statistics([(tile, tile.crop(image)) for tile in tiles], with_content), strict=True):
             for layer, value in sums.items():
                 gram_sums[layer] = gram_sums[layer] + value if layer in gram_sums else value
             for layer, value in features.items() if with_content else ():
@@ -296,23 +368,12 @@ class TiledEngine(Engine):
             content_scales[layer] = weight / target.numel()
         content_terms = dict.fromkeys(targets.content, 0.0)
         grad = torch.zeros_like(image)
-        for tile in self.plan(height, width).tiles():
-            crops = {}
-            for layer, target in targets.content.items():
-                stride = self.strides[layer]
-                shape = backbone.feature_shape(layer, tile.rows.stop - tile.rows.start, tile.cols.stop - tile.cols.start)
-                assert shape is not None
-                top, left = tile.rows.start // stride, tile.cols.start // stride
-                crop = torch.zeros(1, *shape, device=target.device, dtype=target.dtype)
-                available = target[:, :, top : top + shape[1], left : left + shape[2]]
-                crop[:, :, : available.shape[2], : available.shape[3]] = available
-                crops[layer] = crop
-            content_parts, tile_grad = self.backend.tile_gradient(
-                tile.crop(image), tile.core_mask(self.device), self.strides, directions, crops, content_scales
-            )
+        tiles = list(self.plan(height, width).tiles())
+        results = self.executor.gradients([(tile, tile.crop(image)) for tile in tiles], directions, content_scales)
+        for tile, (content_parts, tile_grad) in zip(tiles, results, strict=True):
             for layer, value in content_parts.items():
                 content_terms[layer] += value
-            grad[:, :, tile.rows.start : tile.rows.stop, tile.cols.start : tile.cols.stop] += tile_grad
+            grad[:, :, tile.rows.start : tile.rows.stop, tile.cols.start : tile.cols.stop] += tile_grad.to(grad.device)
         tv = add_tv_gradient(image, self.spec.weights.preprocessing, weights.tv, grad)
         content_values = list(content_terms.values())
         total = tv + sum(content_values) + sum(style_terms)
@@ -320,9 +381,11 @@ class TiledEngine(Engine):
 
     def describe(self) -> dict[str, object]:
         plan = self.plan(self.core, self.core)
+        described = getattr(self.executor, "describe", None)
         return {
             **self.backend.describe(),
             "tiling": {"core": plan.core, "halo_before": plan.halo_before, "halo_after": plan.halo_after, "exact": True},
+            **({"cluster": described()} if described is not None else {}),
         }
 
 

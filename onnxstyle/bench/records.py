@@ -139,10 +139,16 @@ class Cell:
     first_loss: float | None = None
     final_loss: float | None = None
     check: dict[str, Any] | None = None
+    node: str = ""  # the cluster node that measured it (bench --cluster); empty on one machine
+
+    @property
+    def label(self) -> str:
+        """The runner as a report's rows name it: ``ort-cpu``, or ``ort-cpu@node`` when a cluster ran it."""
+        return f"{self.runner}@{self.node}" if self.node else self.runner
 
     @property
     def key(self) -> tuple[str, str, int, int, str]:
-        return (self.runner, self.model, self.width, self.height, self.precision)
+        return (self.label, self.model, self.width, self.height, self.precision)
 
     @property
     def median(self) -> float | None:

@@ -64,14 +64,21 @@ def create_engine(
         raise UsageError("CUDA graphs replay one fixed-shape run; they cannot be combined with tiling (use --tile 0)")
     if cuda_graph and key != "onnxruntime":
         raise UsageError(f"CUDA graphs are an ONNX Runtime option; the {name} engine does not take them")
-    engine = _FACTORIES[key](
-        spec, provider=provider, threads=threads, sizes=sizes, precision=precision, cuda_graph=cuda_graph, whole_image=not tile
-    )
     if tile:
         from onnxstyle.tiling import TiledEngine
 
-        return TiledEngine(engine, tile)  # type: ignore[arg-type]
-    return engine
+        backend = create_tile_backend(key, spec, provider=provider, threads=threads, sizes=sizes, precision=precision)
+        return TiledEngine(backend, tile)  # type: ignore[arg-type]
+    return _FACTORIES[key](spec, provider=provider, threads=threads, sizes=sizes, precision=precision, cuda_graph=cuda_graph, whole_image=True)
+
+
+def create_tile_backend(
+    name: str, spec: EngineSpec, *, provider: str = "cpu", threads: int | None = None, sizes: list[tuple[int, int]] | None = None,
+    precision: str = "fp32",
+) -> Engine:
+    """The engine a tiled run drives tile by tile (here, or in a cluster's tile workers): no whole-image session."""
+    key = engine_name(name)
+    return _FACTORIES[key](spec, provider=provider, threads=threads, sizes=sizes, precision=precision, cuda_graph=False, whole_image=False)
 
 
 @register_engine("onnxruntime")
@@ -99,4 +106,4 @@ def _torch(
     return TorchEngine(spec, device=provider, threads=threads, precision=precision)
 
 
-__all__ = ["Engine", "EngineSpec", "Targets", "create_engine", "engine_name", "list_engines", "register_engine"]
+__all__ = ["Engine", "EngineSpec", "Targets", "create_engine", "create_tile_backend", "engine_name", "list_engines", "register_engine"]

@@ -139,7 +139,8 @@ class OnnxRuntimeEngine(Engine):
             raise UsageError("CUDA graphs need IOBinding (fixed buffer addresses)")
         self._device = torch.device(f"cuda:{config.device_id}") if self.on_gpu else torch.device("cpu")
         self._sessions: dict[tuple[GraphKind, int, int], Any] = {}
-        # Seconds spent building graphs and sessions (cuDNN plans, TensorRT engines): set-up that is not the targets.
+        # Seconds spent building graphs and opening sessions (set-up that is not the targets). cuDNN chooses its plans
+        # and a CUDA graph is captured at the first runs, so those costs land in the first iteration instead.
         self.build_seconds = 0.0
         self._graphs: dict[GraphKind, onnx.ModelProto] = {}
         self._network: Backbone | None = None

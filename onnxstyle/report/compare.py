@@ -49,7 +49,7 @@ def relative_speeds(baseline: Report, other: Report) -> list[Ratio]:
     """other/baseline per cell measured in both; uncertainty from each side's ½IQR in quadrature."""
     ratios = []
     for cell in baseline.measured():
-        match = other.find(cell.model, cell.runner, cell.width, cell.height, cell.precision)
+        match = other.find(cell.model, cell.label, cell.width, cell.height, cell.precision)
         if match is None or match.median is None or cell.median is None:
             continue
         ratio = match.median / cell.median

@@ -22,7 +22,7 @@ from onnxstyle.report.table import markdown_lines
 from onnxstyle.report.views import detail_table, noise_lines, speed_table, system_lines
 
 CSV_COLUMNS = (
-    "model", "runner", "precision", "width", "height", "status", "reason", "median_it_per_min", "q1", "q3", "min", "max",
+    "model", "runner", "node", "precision", "width", "height", "status", "reason", "median_it_per_min", "q1", "q3", "min", "max",
     "windows", "iterations", "speedup_vs_eager", "speedup_vs_fp32", "gflop_per_iteration", "gflops", "roof_share", "peak_rss_bytes",
     "device_peak_bytes", "device_used_bytes", "device_memory_source", "estimate_bytes", "setup_seconds", "first_iteration_seconds", "overhead", "grad_error", "final_loss",
     "provider_effective", "threads", "weights", "noisy", "noise", "cpus_used", "torch_threads", "onnxruntime_threads",
@@ -37,7 +37,7 @@ def to_csv(report: Report) -> str:
         stats = cell.stats or {}
         ratio = speedup(report, cell)
         writer.writerow([
-            cell.model, cell.runner, cell.precision, cell.width, cell.height, cell.status, cell.reason,
+            cell.model, cell.runner, cell.node, cell.precision, cell.width, cell.height, cell.status, cell.reason,
             stats.get("median", ""), stats.get("q1", ""), stats.get("q3", ""), stats.get("min", ""), stats.get("max", ""),
             len(cell.windows), len(cell.iteration_seconds), "" if ratio is None else ratio, _blank(precision_speedup(report, cell)),
             _blank(cell.gflop_per_iteration), _blank(cell.gflops), _blank(cell.roof_share), _blank(cell.peak_rss_bytes),
@@ -96,7 +96,7 @@ def plot(report: Report, out: BinaryIO) -> None:
             points = sorted(
                 (math.sqrt(cell.width * cell.height), cell.median)
                 for cell in report.cells
-                if cell.model == model and cell.runner == runner and cell.precision == precision and cell.median is not None
+                if cell.model == model and cell.label == runner and cell.precision == precision and cell.median is not None
             )
             if points:
                 label = runner if precision == "fp32" else f"{runner} {precision}"

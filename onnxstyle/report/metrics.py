@@ -10,6 +10,8 @@ from onnxstyle.report.schema import STUDY_2016, Report
 
 
 def device_class(runner: str) -> str:
+    """cpu or gpu, from a runner's name or a report's label for it (``ort-cuda@node``)."""
+    runner = runner.split("@", 1)[0]
     target = runner.split("-", 1)[1] if "-" in runner else runner
     return "cpu" if target in CPU_TARGETS else "gpu"
 
@@ -23,9 +25,10 @@ def study_figure(model: str, runner: str, width: int, height: int) -> tuple[bool
 
 
 def reference_cell(report: Report, cell: Cell) -> Cell | None:
-    """The plain eager torch loop in fp32 on the same device, model and size: what a user would otherwise run."""
+    """The plain eager torch loop in fp32 on the same device, node, model and size: what a user would otherwise run."""
     device = "cuda" if device_class(cell.runner) == "gpu" else "cpu"
-    reference = report.find(cell.model, f"eager-{device}", cell.width, cell.height, "fp32")
+    eager = f"eager-{device}" + (f"@{cell.node}" if cell.node else "")
+    reference = report.find(cell.model, eager, cell.width, cell.height, "fp32")
     return reference if reference is not None and reference.status == "ok" else None
 
 
@@ -38,7 +41,7 @@ def precision_speedup(report: Report, cell: Cell) -> float | None:
     """A reduced-precision cell against the same runner in fp32 (what the precision alone buys)."""
     if cell.precision == "fp32":
         return None
-    reference = report.find(cell.model, cell.runner, cell.width, cell.height, "fp32")
+    reference = report.find(cell.model, cell.label, cell.width, cell.height, "fp32")
     return relative_rate(cell, reference if reference is not None and reference.status == "ok" else None)
 
 

@@ -38,6 +38,7 @@ class Report:
     created: str = ""
     interrupted: bool = False
     source: str = ""
+    nodes: dict[str, Any] = field(default_factory=dict)  # bench --cluster: each node's resources and fingerprint, by label
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +52,7 @@ class Report:
             "system": self.system,
             "gemm": self.gemm,
             "weights": self.weights,
+            "nodes": self.nodes,
             "verdict": {"trusted": trusted(self), "line": trust_line(self)},
             "cells": [asdict(cell) for cell in self.cells],
         }
@@ -81,6 +83,7 @@ class Report:
             created=str(data.get("created", "")),
             interrupted=bool(data.get("interrupted", False)),
             source=source,
+            nodes=dict(data.get("nodes") or {}),
         )
 
     def refresh(self, cells: list[Cell], roofs: dict[str, GemmRate], interrupted: bool) -> None:
@@ -96,8 +99,8 @@ class Report:
         return sorted({(cell.width, cell.height) for cell in self.cells}, key=lambda size: (size[0] * size[1], size))
 
     def rows(self) -> list[tuple[str, str, str]]:
-        """(model, runner, precision) in first-seen order."""
-        return list(dict.fromkeys((cell.model, cell.runner, cell.precision) for cell in self.cells))
+        """(model, runner label, precision) in first-seen order (``Cell.label``: runner@node in cluster reports)."""
+        return list(dict.fromkeys((cell.model, cell.label, cell.precision) for cell in self.cells))
 
     def find(self, model: str, runner: str, width: int, height: int, precision: str = "fp32") -> Cell | None:
         return next((cell for cell in self.cells if cell.key == (runner, model, width, height, precision)), None)

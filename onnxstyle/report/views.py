@@ -63,13 +63,13 @@ def detail_rows(report: Report) -> list[list[str]]:
     rows = []
     for cell in report.cells:
         if cell.status != "ok" or cell.stats is None:
-            rows.append([cell.model, cell.runner, cell.precision, cell_size_text(cell), rate_text(cell), *["–"] * (len(DETAIL_COLUMNS) - 5)])
+            rows.append([cell.model, cell.label, cell.precision, cell_size_text(cell), rate_text(cell), *["–"] * (len(DETAIL_COLUMNS) - 5)])
             continue
         ratio = speedup(report, cell)
         check_text = _check_text(cell.check)
         rows.append([
             cell.model,
-            cell.runner,
+            cell.label,
             cell.precision,
             cell_size_text(cell),
             f"{cell.stats['median']:,.1f}",
@@ -91,7 +91,8 @@ def detail_rows(report: Report) -> list[list[str]]:
 
 
 def setup_text(cell: Cell) -> str:
-    """Set-up seconds, with the part ONNX Runtime spent building graphs and sessions (cuDNN plans, TensorRT engines)."""
+    """Set-up seconds, with the part ONNX Runtime spent building graphs and opening sessions (first-run costs such as
+    cuDNN's plan choice and CUDA-graph capture are in the first iteration's time)."""
     if cell.setup_seconds is None:
         return "–"
     build = cell.engine.get("build_seconds")
@@ -118,7 +119,7 @@ def _check_text(check: dict[str, Any] | None) -> str:
 
 def noise_lines(report: Report) -> list[str]:
     """One line per noisy cell with its reasons, then the verdict."""
-    lines = [f"noisy: {cell.model} {cell.runner} {cell.precision} {cell_size_text(cell)}: {noise_text(cell)}" for cell in noisy_cells(report)]
+    lines = [f"noisy: {cell.model} {cell.label} {cell.precision} {cell_size_text(cell)}: {noise_text(cell)}" for cell in noisy_cells(report)]
     return [*lines, trust_line(report)]
 
 
@@ -142,7 +143,21 @@ def system_lines(report: Report) -> list[str]:
         f"fp32 GEMM roof (measured in this run): {gemm or '–'}",
         f"weights: {weights or '–'}",
         f"method: {_method(report.options)}",
+        *node_lines(report),
     ]
+
+
+def node_lines(report: Report) -> list[str]:
+    """A cluster report's nodes: what each one is (the machine line above is the driver's)."""
+    lines = []
+    for label, node in report.nodes.items():
+        facts = node.get("fingerprint") or {}
+        measured = sum(1 for cell in report.cells if cell.node == label and cell.status == "ok")
+        lines.append(
+            f"node {label}: {facts.get('cpu', '?')}, {node.get('cpus', '?')} CPUs, {facts.get('ram_gb', '?')} GB RAM, "
+            f"GPU {facts.get('gpu', 'none')}, {facts.get('onnxruntime', '?')}; {measured} cells measured"
+        )
+    return lines
 
 
 def _method(options: dict[str, Any]) -> str:

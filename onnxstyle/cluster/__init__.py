@@ -1,0 +1,162 @@
+"""Many machines, through Ray: a benchmark sweep placed on the nodes that can run each cell, and exact tiled
+stylization whose tiles are computed by workers on every node.
+
+Ray is an optional extra (``pip install 'onnxstyle[cluster]'``); nothing here imports it before a
+``--cluster`` option asks for it. ``connect`` is the one door: it checks the address, the nodes and their
+onnxstyle versions, and returns what the cluster is made of.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from onnxstyle.errors import UsageError, WorkerError
+
+INSTALL_HINT = "pip install 'onnxstyle[cluster]' (Ray)"
+CONNECT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One node as the cluster reports it, and as a probe task on it describes itself."""
+
+    node_id: str
+    address: str
+    cpus: int
+    gpus: int
+    resources: dict[str, float] = field(default_factory=dict)
+    hostname: str = ""
+    cpu_model: str = ""
+    gpu_names: tuple[str, ...] = ()
+    onnxstyle: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.hostname or self.address} ({self.node_id[:8]})"
+
+
+def require_ray() -> Any:
+    """The ray module, or one line saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(f"--cluster needs Ray, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+def _describe_node() -> dict[str, Any]:
+    """Runs on each node: who it is and which onnxstyle it has (mixed versions would compute different things)."""
+    from onnxstyle import __version__
+    from onnxstyle.sysinfo import fingerprint
+
+    facts = fingerprint()
+    gpus = facts.get("gpu")
+    return {
+        "hostname": socket.gethostname(),
+        "cpu_model": str(facts.get("cpu", "")),
+        "gpu_names": tuple(gpus) if isinstance(gpus, list) else (),
+        "onnxstyle": __version__,
+        "pid": os.getpid(),
+    }
+
+
+def connect(address: str, *, timeout: float = CONNECT_TIMEOUT) -> list[NodeInfo]:
+    """Join the cluster at ``address`` ("local" starts one on this machine) and describe its live nodes.
+
+    Refuses, in one line each: Ray missing, an address that does not answer within ``timeout`` seconds,
+    and nodes that run another onnxstyle version than this one (named).
+    """
+    ray = require_ray()
+    from onnxstyle import __version__
+
+    if not ray.is_initialized():
+        started = time.monotonic()
+        target = None if address == "local" else address
+        if target is not None and not target.startswith("ray://"):
+            _check_reachable(target, timeout)
+        try:
+            ray.init(address=target, log_to_driver=False, include_dashboard=False, configure_logging=False, ignore_reinit_error=True)
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as error:
+            waited = time.monotonic() - started
+            raise UsageError(f"cannot reach a Ray cluster at {address} (gave up after {waited:.0f} s of {timeout:.0f}): {str(error).splitlines()[0]}") from None
+    nodes = live_nodes()
+    probes = gather({node.node_id: _probe_on(ray, node.node_id) for node in nodes}, timeout=max(timeout, 60.0))
+    described = [
+        NodeInfo(**{**node.__dict__, **{key: value for key, value in probes[node.node_id].items() if key != "pid"}})
+        for node in nodes
+        if node.node_id in probes
+    ]
+    if not described:
+        raise WorkerError(f"no node of the Ray cluster at {address} answered")
+    mismatched = [node for node in described if node.onnxstyle != __version__]
+    if mismatched:
+        listed = ", ".join(f"{node.label} has {node.onnxstyle}" for node in mismatched)
+        raise UsageError(f"mixed onnxstyle versions in the cluster: this machine has {__version__}, {listed}; install one version everywhere")
+    return described
+
+
+def _check_reachable(address: str, timeout: float) -> None:
+    """A TCP connect to HOST:PORT first: Ray's own client would retry for minutes before saying anything."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--cluster takes HOST:PORT (the head node's GCS address), ray://HOST:PORT or local, got '{address}'")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as error:
+        raise UsageError(f"cannot reach a Ray cluster at {address} within {timeout:.0f} s: {error.strerror or error}") from None
+
+
+def _probe_on(ray: Any, node_id: str) -> Any:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0)(_describe_node)
+    return task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
+
+
+def gather(refs: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+    """Results by key; a key whose worker or node went away (or whose node vanished before it ran) is left out."""
+    ray = require_ray()
+    results = {}
+    for key, ref in refs.items():
+        try:
+            results[key] = ray.get(ref, timeout=timeout)
+        except Exception as error:
+            if not (is_lost(error) or isinstance(error, getattr(ray.exceptions, "TaskUnschedulableError", ()))):
+                raise
+    return results
+
+
+def live_nodes() -> list[NodeInfo]:
+    """The cluster's nodes that are alive now, head first."""
+    ray = require_ray()
+    nodes = []
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        resources = {key: float(value) for key, value in node.get("Resources", {}).items()}
+        nodes.append(
+            NodeInfo(
+                node_id=node["NodeID"], address=node.get("NodeManagerAddress", ""), cpus=int(resources.get("CPU", 0)),
+                gpus=int(resources.get("GPU", 0)), resources=resources,
+            )
+        )
+    nodes.sort(key=lambda node: "node:__internal_head__" not in node.resources)
+    if not nodes:
+        raise WorkerError("the Ray cluster has no live nodes")
+    return nodes
+
+
+def is_lost(error: BaseException) -> bool:
+    """Whether ``error`` means a worker or its node went away (its work can be rerun elsewhere), not a bug in the work."""
+    ray = require_ray()
+    lost = tuple(
+        getattr(ray.exceptions, name)
+        for name in ("RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError", "NodeDiedError", "OwnerDiedError", "ObjectLostError")
+        if hasattr(ray.exceptions, name)
+    )
+    return isinstance(error, lost)

@@ -1,0 +1,274 @@
+"""How far tiled stylization scales over nodes: traffic and compute per tile, a speed-up model, and Ray's overhead.
+
+The model is deliberately simple and every input is stated: each node computes whole tiles (the tiles of a
+pass go out in waves of N), each pass ends with the driver summing in tile order, and the network moves
+the bytes ``tile_traffic`` counts. The per-tile seconds and the driver's own work are measured on this
+machine; Ray's overhead is measured on a local cluster as the difference against the same tiles run in
+this process, then split into dispatch, serialisation and the reduce.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from onnxstyle.engines.base import EngineSpec
+from onnxstyle.tiling import TilePlan
+
+NETWORK_GBIT = 10.0  # the model's assumed link per node (a common datacentre NIC), stated in every table
+NODE_COUNTS = (1, 4, 16, 64)
+
+
+@dataclass(frozen=True)
+class TileTraffic:
+    """Bytes one tile moves per iteration, both passes, in fp32."""
+
+    pixels_in: int  # the tile's pixels, sent for the Gram pass and again for the gradient pass
+    gram_sums_out: int  # its Gram sums over the core, per style layer
+    gradient_out: int  # d(loss)/d(its pixels), halo included (neighbours' halos overlap and add)
+    directions_in: int  # the whole-image dL/dG, once per node per iteration (not per tile)
+
+    @property
+    def per_tile(self) -> int:
+        return self.pixels_in + self.gram_sums_out + self.gradient_out
+
+
+def tile_traffic(spec: EngineSpec, rows: int, cols: int) -> TileTraffic:
+    channels = [spec.backbone.feature_shape(layer, 64, 64) for layer in spec.style_layers]
+    grams = sum(4 * shape[0] ** 2 for shape in channels if shape is not None)
+    pixels = 4 * 3 * rows * cols
+    return TileTraffic(pixels_in=2 * pixels, gram_sums_out=grams, gradient_out=pixels, directions_in=grams)
+
+
+@dataclass
+class ScaleRow:
+    nodes: int
+    waves: int
+    compute_seconds: float
+    network_seconds: float
+    driver_seconds: float
+    iteration_seconds: float
+    speedup: float
+
+
+@dataclass
+class ScaleTable:
+    """The speed-up model at one image size, with the measured inputs it rests on."""
+
+    width: int
+    height: int
+    core: int
+    tiles: int
+    tile_rows: int
+    tile_cols: int
+    traffic: TileTraffic
+    tile_gflop: float
+    tile_seconds: float  # both passes of one tile, measured here
+    driver_seconds: float  # the driver's per-iteration work at this size (sums, TV, optimiser), measured or scaled
+    network_gbit: float
+    cpu: str
+    rows: list[ScaleRow] = field(default_factory=list)
+
+
+def speedup_rows(tiles: int, tile_seconds: float, per_tile_bytes: int, directions_bytes: int, driver_seconds: float, network_gbit: float) -> list[ScaleRow]:
+    """Iteration time on N nodes: waves of N tiles, each node's bytes over its link, and the driver's serial part.
+
+    One node has no network (it is the local tiled run); the driver's link carries every tile's bytes, so it
+    is the bound that grows with N.
+    """
+    rows = []
+    single = tiles * tile_seconds + driver_seconds
+    for nodes in NODE_COUNTS:
+        waves = math.ceil(tiles / nodes)
+        compute = waves * tile_seconds
+        network = 0.0 if nodes == 1 else (tiles * per_tile_bytes + nodes * directions_bytes) * 8 / (network_gbit * 1e9)
+        total = compute + network + driver_seconds
+        rows.append(ScaleRow(nodes, waves, compute, network, driver_seconds, total, single / total))
+    return rows
+
+
+def measure_tile(spec: EngineSpec, rows: int, cols: int, *, engine: str = "onnxruntime", threads: int | None = None, repeats: int = 2) -> float:
+    """Seconds for both passes of one tile of ``rows``×``cols`` pixels on this machine (best of ``repeats``)."""
+    from onnxstyle.engines import create_tile_backend
+    from onnxstyle.tiling import Span, Tile, content_crops, layer_strides
+
+    backend: Any = create_tile_backend(engine, spec, threads=threads, sizes=[(rows, cols)])
+    tile = Tile(Span(0, rows, 0, rows), Span(0, cols, 0, cols))
+    pixels = torch.rand(1, 3, rows, cols, generator=torch.Generator().manual_seed(0))
+    strides = layer_strides(spec.backbone, spec.layers)
+    core = tile.core_mask(backend.device)
+    _, features = backend.tile_statistics(pixels, core, strides)
+    content = {layer: features[layer] for layer in spec.content_layers}
+    crops = content_crops(content, tile, strides, spec.backbone)
+    directions = {layer: torch.zeros(shape[0], shape[0]) for layer in spec.style_layers if (shape := spec.backbone.feature_shape(layer, 64, 64))}
+    scales = dict.fromkeys(spec.content_layers, 1.0)
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        backend.tile_statistics(pixels, core, strides)
+        backend.tile_gradient(pixels, core, strides, directions, crops, scales)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def measure_driver(spec: EngineSpec, width: int, height: int) -> float:
+    """The driver's own seconds per iteration at ``width``×``height``: total variation and its gradient, and an
+    Adam step on the whole image (the Gram sums over tiles are counted in the overhead's reduce)."""
+    from onnxstyle.tiling import add_tv_gradient
+
+    image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+    pixels = image.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([pixels], lr=0.02)
+    started = time.perf_counter()
+    grad = torch.zeros_like(image)
+    add_tv_gradient(image, spec.weights.preprocessing, 1e-3, grad)
+    pixels.grad = grad
+    optimizer.step()
+    return time.perf_counter() - started
+
+
+def scale_table(spec: EngineSpec, width: int, height: int, core: int, tile_seconds: float, driver_seconds: float, cpu: str) -> ScaleTable:
+    from onnxstyle.memory import iteration_flops
+
+    plan = TilePlan.create(spec.backbone, spec.layers, height, width, core)
+    rows, cols = plan.largest_tile
+    traffic = tile_traffic(spec, rows, cols)
+    table = ScaleTable(
+        width, height, plan.core, plan.count, rows, cols, traffic,
+        iteration_flops(spec.backbone, spec.content_layers, spec.style_layers, cols, rows) / 1e9, tile_seconds, driver_seconds, NETWORK_GBIT, cpu,
+    )
+    table.rows = speedup_rows(plan.count, tile_seconds, traffic.per_tile, traffic.directions_in, driver_seconds, NETWORK_GBIT)
+    return table
+
+
+@dataclass
+class Overhead:
+    """One iteration at ``size`` px with ``core``-px tiles: in this process, and on a local Ray cluster."""
+
+    size: int
+    core: int
+    tiles: int
+    workers: int
+    threads: int
+    local_seconds: float  # the same tiles, same engine and threads, in this process
+    cluster_seconds: float
+    dispatch_seconds: float  # a no-op actor call per task, timed alone, times the tasks of an iteration
+    serialisation_seconds: float  # putting and getting the iteration's payloads through the object store
+    reduce_seconds: float  # the driver's sums over the tiles' results
+
+    def share(self, seconds: float) -> float:
+        return seconds / self.cluster_seconds
+
+
+def measure_overhead(spec: EngineSpec, *, size: int = 2048, core: int = 512, engine: str = "onnxruntime", iterations: int = 2) -> Overhead:
+    """Ray's cost per iteration at ``size`` px: one tile worker with all CPUs against the same work in this process.
+
+    With one worker on this machine both runs compute the same tiles on the same cores, so the difference is
+    what Ray adds. Dispatch and serialisation are then timed alone, with the iteration's own task count and
+    payloads, and the reduce is the driver's time in the sums (``RayTiles`` records it).
+    """
+    from onnxstyle.cluster import connect, require_ray
+    from onnxstyle.cluster.tiles import ClusterTiledEngine, RayTiles
+    from onnxstyle.engines import create_engine
+    from onnxstyle.images import demo_pair
+    from onnxstyle.sysinfo import default_threads
+
+    ray = require_ray()
+    threads = default_threads()
+    content, style = demo_pair(size, size)
+    weights = spec.loss_weights()
+    local = create_engine(engine, spec, threads=threads, tile=core, sizes=[(size, size)])
+    targets = local.build_targets(content, [style], [1.0], weights)
+    local.set_targets(targets)
+    image = content.clone()
+
+    def timed(run: Any) -> float:
+        run.loss_and_grad(image)  # warm: sessions, arenas
+        best = math.inf
+        for _ in range(iterations):
+            started = time.perf_counter()
+            run.loss_and_grad(image)
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    local_seconds = timed(local)
+    del local
+    nodes = connect("local")
+    executor = RayTiles(nodes[:1], engine=engine, spec=spec, provider="cpu", precision="fp32", sizes=[(size, size)], threads=threads)
+    remote = ClusterTiledEngine(spec, core, executor)
+    remote.set_targets(targets)
+    try:
+        cluster_seconds = timed(remote)
+        passes = executor.last
+        tiles = remote.plan(size, size).count
+        reduce_seconds = sum(times.reduce for times in passes.values())
+        worker = executor.workers[0].actor
+        ray.get(worker.ready.remote())
+        started = time.perf_counter()
+        ray.get([worker.ready.remote() for _ in range(2 * tiles)])
+        dispatch_seconds = time.perf_counter() - started
+        plan = remote.plan(size, size)
+        payloads = [np.zeros((1, 3, tile.rows.stop - tile.rows.start, tile.cols.stop - tile.cols.start), np.float32) for tile in plan.tiles()]
+        gram = tile_traffic(spec, *plan.largest_tile).gram_sums_out // 4
+        started = time.perf_counter()
+        for payload in payloads:
+            ray.get(ray.put(payload))  # pixels out, Gram pass
+            ray.get(ray.put(payload))  # pixels out, gradient pass
+            ray.get(ray.put(payload))  # gradient back
+            ray.get(ray.put(np.zeros(gram, np.float32)))  # Gram sums back
+        serialisation_seconds = time.perf_counter() - started
+    finally:
+        executor.close()
+    return Overhead(size, core, tiles, 1, threads, local_seconds, cluster_seconds, dispatch_seconds, serialisation_seconds, reduce_seconds)
+
+
+def markdown(table: ScaleTable, overhead: Overhead | None) -> str:
+    traffic = table.traffic
+    lines = [
+        f"# Tiled stylization over N nodes: {table.width}×{table.height}, VGG19, {table.core}-px cores",
+        "",
+        f"{table.tiles} tiles of up to {table.tile_cols}×{table.tile_rows} px (core + halo). Per tile and iteration: "
+        f"{traffic.pixels_in / 2**20:.1f} MiB of pixels in (both passes), {traffic.gram_sums_out / 2**20:.2f} MiB of Gram sums out, "
+        f"{traffic.gradient_out / 2**20:.1f} MiB of gradient out — {traffic.per_tile / 2**20:.1f} MiB in all; the whole-image "
+        f"dL/dG ({traffic.directions_in / 2**20:.2f} MiB) goes to each node once per iteration.",
+        f"Compute per tile: {table.tile_gflop:.0f} GFLOP (both passes), measured {table.tile_seconds:.1f} s here ({table.cpu}).",
+        f"Model: waves of N tiles, every tile's bytes over a {table.network_gbit:g} Gbit/s link at the driver, plus the driver's "
+        f"own {table.driver_seconds:.1f} s (Gram sums, TV, the optimiser step) per iteration.",
+        "",
+        "| nodes | waves | compute s | network s | driver s | s / iteration | speed-up |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in table.rows:
+        lines.append(
+            f"| {row.nodes} | {row.waves} | {row.compute_seconds:,.1f} | {row.network_seconds:,.1f} | {row.driver_seconds:,.1f} | "
+            f"{row.iteration_seconds:,.1f} | {row.speedup:.1f}× |"
+        )
+    lines += ["", "GPU nodes: no GPU report is committed yet (no session has had a GPU), so the model has no GPU row."]
+    if overhead is not None:
+        o = overhead
+        ray_total = o.cluster_seconds - o.local_seconds
+        rest = ray_total - o.dispatch_seconds - o.serialisation_seconds - o.reduce_seconds
+        lines += [
+            "",
+            f"## Ray's overhead, measured: {o.size}×{o.size}, {o.core}-px cores ({o.tiles} tiles), one tile worker with {o.threads} threads, local cluster",
+            "",
+            "| part | seconds / iteration | share of an iteration |",
+            "|---|---|---|",
+            f"| iteration in this process (no Ray) | {o.local_seconds:.2f} | – |",
+            f"| iteration on the cluster | {o.cluster_seconds:.2f} | 100% |",
+            f"| difference: what Ray adds | {ray_total:.2f} | {100 * o.share(ray_total):.1f}% |",
+            f"| dispatch ({2 * o.tiles} actor calls, timed alone) | {o.dispatch_seconds:.3f} | {100 * o.share(o.dispatch_seconds):.2f}% |",
+            f"| serialisation (the iteration's payloads through the object store) | {o.serialisation_seconds:.3f} | {100 * o.share(o.serialisation_seconds):.2f}% |",
+            f"| reduce (the driver's sums over the tiles) | {o.reduce_seconds:.3f} | {100 * o.share(o.reduce_seconds):.2f}% |",
+            f"| the rest (waiting between calls, copies into tensors, noise) | {rest:.3f} | {100 * o.share(rest):.2f}% |",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def as_json(table: ScaleTable, overhead: Overhead | None) -> dict[str, Any]:
+    return {"kind": "cluster-scale", "scale": asdict(table), "overhead": asdict(overhead) if overhead is not None else None}
