@@ -145,7 +145,7 @@ class StylizeConfig:
             raise UsageError(f"--save-every cannot be negative, got {self.save_every}")
         if self.threads is not None and self.threads <= 0:
             raise UsageError(f"--threads must be positive, got {self.threads}")
-        if self.threads is not None:
+        if self.threads is not None and self.cluster is None:  # on a cluster, threads are the nodes' to cap
             setattr_(self, "threads", min(self.threads, default_threads()))
         if self.tile is not None and self.tile < 0:
             raise UsageError(f"--tile must be positive (or 0 for never), got {self.tile}")
@@ -156,7 +156,7 @@ class StylizeConfig:
                 raise UsageError("--cluster needs an address (HOST:PORT, ray://HOST:PORT) or local")
             if self.tile == 0 or self.cuda_graph:
                 raise UsageError("--cluster runs the image tile by tile; it cannot be combined with --tile 0 or --cuda-graph")
-        if self.engine == "torch":
+        if self.engine == "torch" and self.cluster is None:  # on a cluster, the nodes' devices count, not the driver's
             from onnxstyle.engines.torch_engine import torch_device
 
             torch_device(self.provider)
@@ -252,7 +252,7 @@ def stylize(
         )
     resolved = config.weights if isinstance(config.weights, ResolvedWeights) else resolve(config.weights, backbone)
     spec = EngineSpec(backbone, tuple(config.content_layers or ()), tuple(config.style_layers or ()), config.pooling, resolved)
-    tile = _tile_for(spec, config, content_image.height, content_image.width)
+    tile = _tile_for(spec, config, content_image.height, content_image.width) if config.cluster is None else config.tile
     style_images = [resize(load_image(style), style_side) for style in styles]
     sizes = [(content_image.height, content_image.width)]
     if config.cluster is not None:

@@ -162,3 +162,36 @@ def test_a_node_lost_during_a_cluster_bench_fails_its_cells_and_keeps_the_rest(c
     assert sorted(cell.status for cell in mine) == ["failed", "ok"]
     assert "was lost" in next(cell.reason for cell in mine if cell.status == "failed")
     assert len([cell for cell in run.cells if cell.status == "ok" and cell.node != label]) == 4
+
+
+def test_the_scale_model_counts_bytes_and_waves():
+    from onnxstyle.cluster.scale import NODE_COUNTS, speedup_rows, tile_traffic
+
+    vgg = get_backbone("vgg19")
+    spec = EngineSpec.defaults(vgg, resolve("synthetic", vgg))
+    traffic = tile_traffic(spec, 662, 662)
+    assert traffic.pixels_in == 2 * 4 * 3 * 662 * 662 and traffic.gradient_out == 4 * 3 * 662 * 662
+    assert traffic.gram_sums_out == 4 * (64**2 + 128**2 + 256**2 + 512**2 + 512**2) == traffic.directions_in
+    rows = speedup_rows(135, 3.0, traffic.per_tile, traffic.directions_in, 1.5, 10.0)
+    assert [row.nodes for row in rows] == list(NODE_COUNTS) and [row.waves for row in rows] == [135, 34, 9, 3]
+    assert rows[0].speedup == 1.0 and rows[0].network_seconds == 0.0
+    assert all(later.speedup > earlier.speedup for earlier, later in zip(rows, rows[1:]))
+    assert rows[-1].iteration_seconds == pytest.approx(3 * 3.0 + rows[-1].network_seconds + 1.5)
+
+
+def test_a_node_finds_the_drivers_weights_by_id_and_hash(tmp_path):
+    from dataclasses import replace
+
+    from onnxstyle.cluster.tiles import node_weights
+    from onnxstyle.errors import WeightsError
+
+    vgg = get_backbone("vgg19")
+    real = resolve("auto", vgg)
+    if real.path is None:
+        pytest.skip("no real VGG19 weights installed")
+    spec = EngineSpec.defaults(vgg, real)
+    assert node_weights(spec) is spec  # the file is here: nothing to look up
+    elsewhere = replace(spec, weights=replace(real, path=tmp_path / "only-on-the-driver.bin"))
+    assert node_weights(elsewhere).weights.path == real.path
+    with pytest.raises(WeightsError, match="has other .* weights"):
+        node_weights(replace(spec, weights=replace(real, path=tmp_path / "x.bin", sha256="0" * 64)))

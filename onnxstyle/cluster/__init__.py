@@ -84,7 +84,10 @@ def connect(address: str, *, timeout: float = CONNECT_TIMEOUT) -> list[NodeInfo]
             waited = time.monotonic() - started
             raise UsageError(f"cannot reach a Ray cluster at {address} (gave up after {waited:.0f} s of {timeout:.0f}): {str(error).splitlines()[0]}") from None
     nodes = live_nodes()
-    probes = gather({node.node_id: _probe_on(ray, node.node_id) for node in nodes}, timeout=max(timeout, 60.0))
+    probes, failures = gather({node.node_id: _probe_on(ray, node.node_id) for node in nodes}, timeout=max(timeout, 60.0))
+    broken = [f"{node.label}: {failures[node.node_id]}" for node in nodes if "RayTaskError" in failures.get(node.node_id, "")]
+    if broken:
+        raise UsageError(f"nodes that cannot run onnxstyle {__version__} (install it there): {'; '.join(broken)}")
     described = [
         NodeInfo(**{**node.__dict__, **{key: value for key, value in probes[node.node_id].items() if key != "pid"}})
         for node in nodes
@@ -118,17 +121,27 @@ def _probe_on(ray: Any, node_id: str) -> Any:
     return task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
 
 
-def gather(refs: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
-    """Results by key; a key whose worker or node went away (or whose node vanished before it ran) is left out."""
+def gather(refs: dict[str, Any], *, timeout: float | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """(results by key, why the others have none): a worker or node that went away, vanished before it ran,
+    did not answer within ``timeout`` seconds (all keys together), or raised (its last line)."""
     ray = require_ray()
-    results = {}
+    ready, waiting = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+    results, failures = {}, {}
     for key, ref in refs.items():
+        if ref in waiting:
+            failures[key] = f"no answer within {timeout:.0f} s"
+            continue
         try:
-            results[key] = ray.get(ref, timeout=timeout)
+            results[key] = ray.get(ref)
         except Exception as error:
-            if not (is_lost(error) or isinstance(error, getattr(ray.exceptions, "TaskUnschedulableError", ()))):
-                raise
-    return results
+            failures[key] = error_line(error)
+    return results, failures
+
+
+def error_line(error: BaseException) -> str:
+    """One line for a Ray error: its type, and the last line of the cause a task raised (not Ray's traceback)."""
+    cause = str(getattr(error, "cause", None) or error).strip().splitlines()
+    return f"{type(error).__name__}: {cause[-1] if cause else ''}".strip()
 
 
 def live_nodes() -> list[NodeInfo]:

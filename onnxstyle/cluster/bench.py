@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from onnxstyle.bench.records import Cell, GemmRate
-from onnxstyle.cluster import NodeInfo, connect, gather, is_lost, require_ray
+from onnxstyle.cluster import NodeInfo, connect, error_line, gather, is_lost, require_ray
 from onnxstyle.errors import OnnxstyleError, WorkerError
 
 # bench_options' keyword arguments that travel to the nodes as text: each node decides for itself what it can run.
@@ -143,10 +143,13 @@ def run_cluster_bench(
         return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node.node_id, soft=False), **resources}
 
     planner = ray.remote(num_cpus=0)(_plan_on_node)
-    plans = gather({labels[node.node_id]: planner.options(**pinned(node)).remote(request) for node in nodes})
     for node in nodes:
-        if labels[node.node_id] not in plans:
-            run.nodes[labels[node.node_id]]["lost"] = "left the cluster before it was asked what it can run"
+        if node.cpus == 0:
+            run.nodes[labels[node.node_id]]["skipped"] = "has no CPUs for a bench task"
+    nodes = [node for node in nodes if node.cpus > 0]
+    plans, failures = gather({labels[node.node_id]: planner.options(**pinned(node)).remote(request) for node in nodes}, timeout=120.0)
+    for label, failure in failures.items():
+        run.nodes[label]["lost"] = f"could not be asked what it can run ({failure})"
     nodes = [node for node in nodes if labels[node.node_id] in plans]
     planned, unrunnable = plan_cells(plans, grid)
     run.cells.extend(unrunnable)
@@ -181,12 +184,10 @@ def run_cluster_bench(
                 label = tasks.pop(ref)
                 try:
                     result = ray.get(ref)
-                except Exception as error:
-                    if not is_lost(error) and not isinstance(error, ray.exceptions.RayTaskError):
-                        raise
+                except ray.exceptions.RayError as error:
                     drain()
-                    reason = f"node {label} was lost ({type(error).__name__}: {str(error).splitlines()[0][:160]})"
-                    _fail_unfinished(run, planned[label], finished, reason)
+                    what = "was lost" if is_lost(error) else "failed"
+                    _fail_unfinished(run, planned[label], finished, f"node {label} {what} ({error_line(error)[:200]})")
                 else:
                     drain()
                     for raw in result["cells"]:  # cells the node's planner skipped never reach on_cell
@@ -210,6 +211,8 @@ def run_cluster_bench(
             for cell in planned[label]:
                 if cell.key not in finished:
                     run.cells.append(replace(cell, status="interrupted", reason="Ctrl-C stopped the cluster bench"))
+    finally:
+        queue.shutdown()
     return run
 
 

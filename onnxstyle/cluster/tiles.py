@@ -25,12 +25,43 @@ from onnxstyle.providers import CUDA_TARGETS
 from onnxstyle.tiling import Tile, TiledEngine, TileGradient, TileStatistics, content_crops, layer_strides
 
 
+# How long a tile worker may take to start (import, engine, sessions) before its node is reported as busy.
+START_TIMEOUT = 300.0
+# Workers a single tile may lose before it is taken for the cause (a tile that kills every worker it meets).
+MAX_RERUNS = 2
+
+
 def _arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {name: value.detach().cpu().numpy() for name, value in tensors.items()}
 
 
 def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {name: torch.tensor(value) for name, value in arrays.items()}  # a copy: object-store arrays are read-only
+
+
+def node_weights(spec: EngineSpec) -> EngineSpec:
+    """The driver's weights, found on this node: the driver's file path need not exist on another machine.
+
+    Looked up by catalogue id (no download) and accepted only with the driver's sha256, so every node
+    computes with the same numbers.
+    """
+    import socket
+    from dataclasses import replace
+
+    from onnxstyle.errors import OnnxstyleError, WeightsError, first_line
+    from onnxstyle.weights import resolve
+
+    weights = spec.weights
+    if weights.path is None or weights.path.exists():
+        return spec
+    host = socket.gethostname()
+    try:
+        found = resolve(weights.id, spec.backbone, allow_download=False)
+    except OnnxstyleError as error:
+        raise WeightsError(f"node {host} has no {weights.id} weights ({first_line(error)}); install them on every node") from None
+    if found.sha256 != weights.sha256:
+        raise WeightsError(f"node {host} has other {weights.id} weights (sha256 {found.sha256}, the driver's {weights.sha256})")
+    return replace(spec, weights=found)
 
 
 class TileWorker:
@@ -40,6 +71,7 @@ class TileWorker:
         from onnxstyle.engines import create_tile_backend
 
         torch.set_num_threads(threads)
+        spec = node_weights(spec)
         self.backend = create_tile_backend(engine, spec, provider=provider, threads=threads, sizes=sizes, precision=precision)
         self.strides = layer_strides(spec.backbone, spec.layers)
         self.content: dict[str, torch.Tensor] = {}
@@ -49,7 +81,8 @@ class TileWorker:
         return dict(self.backend.describe())
 
     def set_content(self, content: dict[str, np.ndarray]) -> None:
-        self.content = _tensors(content)
+        device = self.backend.device
+        self.content = {layer: value.to(device) for layer, value in _tensors(content).items()}
 
     def statistics(self, tile: Tile, pixels: np.ndarray, with_content: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
         started = time.perf_counter()
@@ -106,7 +139,7 @@ class RayTiles:
         self.spec = spec
         self.workers: list[Worker] = []
         on_gpu = provider.lower().startswith(CUDA_TARGETS)
-        usable = [node for node in nodes if node.gpus > 0] if on_gpu else nodes
+        usable = [node for node in nodes if node.cpus > 0 and (node.gpus > 0 or not on_gpu)]
         if not usable:
             raise UsageError(f"no node of the cluster has a GPU for provider {provider}; nodes: {', '.join(node.label for node in nodes)}")
         for node in usable:
@@ -116,7 +149,20 @@ class RayTiles:
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
             ).remote(engine, spec, provider, count, precision, sizes)
             self.workers.append(Worker(node, actor, count))
-        self.engines = ray.get([worker.actor.ready.remote() for worker in self.workers])
+        self.engines = []
+        for worker in self.workers:
+            try:
+                self.engines.append(ray.get(worker.actor.ready.remote(), timeout=START_TIMEOUT))
+            except ray.exceptions.GetTimeoutError:
+                self.close()
+                raise WorkerError(
+                    f"the tile worker on {worker.node.label} did not start within {START_TIMEOUT:.0f} s "
+                    f"(its {worker.threads} CPUs{' and a GPU' if on_gpu else ''} are held by something else?)"
+                ) from None
+            except ray.exceptions.RayActorError as error:
+                self.close()
+                cause = str(error.__cause__ or error).strip().splitlines()
+                raise WorkerError(f"the tile worker on {worker.node.label} failed to start: {cause[-1] if cause else type(error).__name__}") from None
         self.content_ref: Any = None
         self.lost: list[str] = []
         self.last: dict[str, PassTimes] = {}
@@ -149,14 +195,21 @@ class RayTiles:
                 self._drop(worker, error)
 
     def _drop(self, worker: Worker, error: BaseException) -> None:
+        """Stop using ``worker`` (and kill it: an unreachable actor may still hold its node's CPUs or GPU)."""
+        ray = require_ray()
         if worker in self.workers:
             self.workers.remove(worker)
             self.lost.append(f"{worker.node.label}: {type(error).__name__}")
+            try:
+                ray.kill(worker.actor)
+            except Exception:  # already gone with its node
+                pass
         if not self.workers:
             raise WorkerError(f"every tile worker is gone (last: {worker.node.label}, {type(error).__name__}); the iteration cannot finish")
 
     def _map(self, kind: str, jobs: list[tuple[Tile, torch.Tensor]], *extra: Any) -> Iterator[Any]:
-        """Submit every job, keep two in flight per worker, rerun a lost worker's jobs elsewhere, yield in job order."""
+        """Keep two jobs in flight per worker, each next job to the least busy worker; rerun a lost worker's jobs
+        elsewhere (a job that has lost ``MAX_RERUNS`` workers is the cause, not the victim); yield in job order."""
         ray = require_ray()
         times = PassTimes()
         started = time.perf_counter()
@@ -164,13 +217,15 @@ class RayTiles:
         done: dict[int, Any] = {}
         queue = list(range(len(jobs)))
         pixels: dict[int, Any] = {}
-        turn = 0
+        reruns: dict[int, int] = {}
         yielded = 0
 
         def submit(index: int) -> None:
-            nonlocal turn
-            worker = self.workers[turn % len(self.workers)]
-            turn += 1
+            load = {id(worker): 0 for worker in self.workers}
+            for _, busy in pending.values():
+                if id(busy) in load:
+                    load[id(busy)] += 1
+            worker = min(self.workers, key=lambda candidate: load[id(candidate)])
             if index not in pixels:
                 pixels[index] = np.ascontiguousarray(jobs[index][1].detach().cpu().numpy())
             pending[getattr(worker.actor, kind).remote(jobs[index][0], pixels[index], *extra)] = (index, worker)
@@ -185,6 +240,12 @@ class RayTiles:
             except Exception as error:
                 if not is_lost(error):
                     raise
+                reruns[index] = reruns.get(index, 0) + 1
+                if reruns[index] > MAX_RERUNS:
+                    raise WorkerError(
+                        f"tile {index} of the {kind} pass lost {reruns[index]} workers in a row (last on {worker.node.label}: "
+                        f"{type(error).__name__}); it is the likely cause (out of memory?), so it is not rerun again"
+                    ) from None
                 self._drop(worker, error)
                 times.rerun += 1
                 times.lost.append(worker.node.label)
@@ -216,7 +277,10 @@ class RayTiles:
     def close(self) -> None:
         ray = require_ray()
         for worker in self.workers:
-            ray.kill(worker.actor)
+            try:
+                ray.kill(worker.actor)
+            except Exception:  # gone with its node
+                pass
         self.workers.clear()
 
 
