@@ -41,7 +41,7 @@ def _plan_on_node(request: BenchRequest) -> dict[str, Any]:
 
     text = request.get("provider")
     if text is None or text.strip().lower() == "all":
-        usable, skipped = select_runners("all")
+        usable, skipped = select_runners(text)  # no option: what works here, silently; "all": the rest with why
         reasons = {runner.label: reason for runner, reason in skipped.items()}
     else:
         usable, reasons = [], {}

@@ -157,8 +157,8 @@ class OnnxRuntimeEngine(Engine):
         if whole_image:
             for height, width in (sizes or []) if self._fixed_shapes("loss") else [(0, 0)]:
                 self._session("loss", height, width)
-        if not self._sessions:
-            create_session(probe_model(), config)
+        # The provider a probe session really ran on, for describe() before any graph's session is open (tiled runs).
+        self._probed = None if self._sessions else create_session(probe_model(), config).get_providers()[0]
 
     @property
     def device(self) -> torch.device:
@@ -369,7 +369,7 @@ class OnnxRuntimeEngine(Engine):
             "engine": "onnxruntime",
             "package": ort_package(),
             "provider_requested": self.config.provider,
-            "provider_effective": sessions[0].get_providers()[0] if sessions else None,
+            "provider_effective": sessions[0].get_providers()[0] if sessions else self._probed,
             "provider_options": self.config.options(),
             "threads": self.config.threads,
             "io_binding": self.io_binding,
