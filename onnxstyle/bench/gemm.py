@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from onnxstyle.bench.records import GemmRate
+from onnxstyle.precision import set_tf32
 
 
 def _best_of(run: Callable[[], object], flop: float, repeats: int, synchronize: Callable[[], None]) -> list[float]:
@@ -45,8 +46,7 @@ def measure_gemm(device: str = "cpu", size: int = 2048, repeats: int = 7, thread
     if threads is not None:
         torch.set_num_threads(threads)
     target = torch.device(device)
-    if target.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
+    set_tf32(target, "fp32")
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=generator).to(target)
     b = torch.randn(size, size, generator=generator).to(target)
