@@ -52,7 +52,7 @@ cluster-scale: $(STAMP)
 gpu-dry-run: $(STAMP)
 	DRY_RUN=1 PYTHON=$(BIN)/python scripts/gpu-acceptance.sh "" gpu-acceptance
 
-# onnxruntime-gpu for Python 3.12, packed into .gpu/ort-N/ parts of 45 MB for a GPU machine without network (≈6 min).
+# onnxruntime-gpu for Python 3.12, packed into .gpu/ort-N/ parts of 45 MB for a GPU machine without network (≈2.5 min).
 gpu-parts: $(STAMP)
 	scripts/gpu-parts.sh
 

@@ -3,7 +3,7 @@
 # fetch the cp312 wheel, pack its onnxruntime/ folder with xz (Python's tarfile unpacks it there: no zstd or xz needed
 # on that machine), and split it into 45 MB parts, one folder per call:
 #   .gpu/ort-1/onnxruntime.tar.xz.part-aa, .gpu/ort-2/…-ab, …, the last folder also holding the archive's sha256
-# Usage: scripts/gpu-parts.sh [VERSION]   (≈6 min on 2 cores; .gpu/ is git-ignored)
+# Usage: scripts/gpu-parts.sh [VERSION]   (≈2.5 min on 2 cores; .gpu/ is git-ignored)
 set -euo pipefail
 version=${1:-1.31.1}
 repo=$(cd "$(dirname "$0")/.." && pwd)
