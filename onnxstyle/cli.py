@@ -414,9 +414,9 @@ def _cluster_bench(request: dict[str, Any], address: str, out_dir: Path, name: s
     from onnxstyle.report import LiveReport, ReportWriter, check_directory, check_stem, new_report
     from onnxstyle.weights import resolve
 
-    models = parse_models(request["model"])
-    grid = [(spec.name, width, height) for spec in models for width, height in parse_sizes(request["sizes"])]
-    shape = BenchOptions([], models, parse_sizes(request["sizes"]), parse_precisions(request["precision"]), duration=None if request["iterations"] else request["duration"],
+    models, sizes = parse_models(request["model"]), parse_sizes(request["sizes"])
+    grid = [(spec.name, width, height) for spec in models for width, height in sizes]
+    shape = BenchOptions([], models, sizes, parse_precisions(request["precision"]), duration=None if request["iterations"] else request["duration"],
                          iterations=request["iterations"], runs=request["runs"], warmup=request["warmup"], threads=request["threads"],
                          weights=request["weights"], check=request["check"], tile=request["tile"], cuda_graph=request["cuda_graph"],
                          interleave=request["interleave"])

@@ -39,9 +39,8 @@ def gradient_parity(
     """Each runner's loss and gradient against torch fp32 on the CPU; a runner that fails gets its error in its row."""
     import torch
 
-    from onnxstyle.bench.loops import gradient_check_images, runner_loss_and_grad
+    from onnxstyle.bench.loops import gradient_check_images, reference_gradient, runner_loss_and_grad
     from onnxstyle.engines import EngineSpec
-    from onnxstyle.engines.torch_engine import TorchEngine
     from onnxstyle.exporters.validation import relative_error
 
     rows = []
@@ -50,11 +49,7 @@ def gradient_parity(
         for size in sizes:
             side = max(size, backbone.min_size(spec.layers))
             content, style, image = gradient_check_images(side)
-            reference = TorchEngine(spec, "cpu", threads=threads)
-            targets = reference.build_targets(content, [style], [1.0], spec.loss_weights())
-            reference.set_targets(targets)
-            expected_terms, expected_grad = reference.loss_and_grad(image)
-            del reference
+            targets, expected_terms, expected_grad = reference_gradient(spec, content, style, image, threads)
             for runner in runners:
                 row = ParityRow(backbone.name, side, runner.label, precision)
                 started = time.perf_counter()

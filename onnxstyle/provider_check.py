@@ -151,15 +151,11 @@ def check_problem(threads: int | None = None) -> CheckProblem:
     """NIN with synthetic weights at 64 px: every operator type of the real graphs, small enough for any device."""
     backbone = get_backbone(CHECK_BACKBONE)
     spec = EngineSpec.defaults(backbone, resolve("synthetic", backbone))
-    from onnxstyle.bench.loops import gradient_check_images
-    from onnxstyle.engines.torch_engine import TorchEngine
+    from onnxstyle.bench.loops import gradient_check_images, reference_gradient
 
     content, style, image = gradient_check_images(max(CHECK_SIDE, backbone.min_size(spec.layers)))
 
-    reference = TorchEngine(spec, "cpu", threads=threads)
-    targets = reference.build_targets(content, [style], [1.0], spec.loss_weights())
-    reference.set_targets(targets)
-    terms, grad = reference.loss_and_grad(image)
+    targets, terms, grad = reference_gradient(spec, content, style, image, threads)
     return CheckProblem(spec, image, targets, terms.total, grad.numpy(), float64_gradient(spec, content, style, image))
 
 

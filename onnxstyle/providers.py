@@ -7,6 +7,7 @@ with CPU fallback disabled and checked with ``get_providers()`` afterwards.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,10 +199,12 @@ def provider_library(provider: str) -> Path | None:
     return path if path.exists() else None
 
 
+@functools.cache
 def preload_cuda_libraries() -> list[str]:
     """Load CUDA and cuDNN from the nvidia-* pip wheels the way ORT documents (``preload_dlls``); what it said.
 
-    torch loads its own copies on import; a CUDA-major mismatch between the two shows up in these lines.
+    Once per process (every CUDA session's preflight asks). torch loads its own copies on import; a
+    CUDA-major mismatch between the two shows up in these lines.
     """
     import contextlib
     import io

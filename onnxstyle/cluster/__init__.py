@@ -33,10 +33,11 @@ class NodeInfo:
     cpu_model: str = ""
     gpu_names: tuple[str, ...] = ()
     onnxstyle: str = ""
+    label: str = ""  # the node's name in tables and messages: its host, with its id's start where hosts repeat (``connect``)
 
-    @property
-    def label(self) -> str:
-        return f"{self.hostname or self.address} ({self.node_id[:8]})"
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", f"{self.hostname or self.address}-{self.node_id[:6]}")
 
 
 def require_ray() -> Any:
@@ -88,13 +89,17 @@ def connect(address: str, *, timeout: float = CONNECT_TIMEOUT) -> list[NodeInfo]
     broken = [f"{node.label}: {failures[node.node_id]}" for node in nodes if "RayTaskError" in failures.get(node.node_id, "")]
     if broken:
         raise UsageError(f"nodes that cannot run onnxstyle {__version__} (install it there): {'; '.join(broken)}")
-    described = [
-        NodeInfo(**{**node.__dict__, **{key: value for key, value in probes[node.node_id].items() if key != "pid"}})
+    answered = [
+        {**node.__dict__, **{key: value for key, value in probes[node.node_id].items() if key != "pid"}, "label": ""}
         for node in nodes
         if node.node_id in probes
     ]
-    if not described:
+    if not answered:
         raise WorkerError(f"no node of the Ray cluster at {address} answered")
+    hosts = [facts["hostname"] or facts["address"] for facts in answered]
+    described = [
+        NodeInfo(**{**facts, "label": host if hosts.count(host) == 1 else ""}) for facts, host in zip(answered, hosts, strict=True)
+    ]
     mismatched = [node for node in described if node.onnxstyle != __version__]
     if mismatched:
         listed = ", ".join(f"{node.label} has {node.onnxstyle}" for node in mismatched)

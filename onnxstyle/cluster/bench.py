@@ -16,18 +16,10 @@ from typing import Any
 
 from onnxstyle.bench.records import Cell, GemmRate
 from onnxstyle.cluster import NodeInfo, connect, error_line, gather, is_lost, require_ray
-from onnxstyle.errors import OnnxstyleError, WorkerError
+from onnxstyle.errors import WorkerError
 
 # bench_options' keyword arguments that travel to the nodes as text: each node decides for itself what it can run.
 BenchRequest = dict[str, Any]
-
-
-def node_labels(nodes: list[NodeInfo]) -> dict[str, str]:
-    """A short name per node for tables: its host name, with the node id's start where hosts repeat."""
-    hosts = [node.hostname or node.address for node in nodes]
-    return {
-        node.node_id: host if hosts.count(host) == 1 else f"{host}-{node.node_id[:6]}" for node, host in zip(nodes, hosts, strict=True)
-    }
 
 
 def _plan_on_node(request: BenchRequest) -> dict[str, Any]:
@@ -136,7 +128,7 @@ def run_cluster_bench(
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = connect(address)
-    labels = node_labels(nodes)
+    labels = {node.node_id: node.label for node in nodes}
     run = ClusterRun(nodes={labels[node.node_id]: {"node_id": node.node_id, "address": node.address, "cpus": node.cpus, "gpus": node.gpus} for node in nodes})
 
     def pinned(node: NodeInfo, **resources: Any) -> dict[str, Any]:

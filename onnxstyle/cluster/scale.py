@@ -266,7 +266,7 @@ def markdown(table: ScaleTable, overhead: Overhead | None) -> str:
             "",
             f"## Ray's overhead, measured: {o.size}×{o.size}, {o.core}-px cores ({o.tiles} tiles), one tile worker with {o.threads} threads, local cluster",
             "",
-            f"The same tiles, engine and threads in this process and on the cluster, in alternating rounds (this machine drifts",
+            "The same tiles, engine and threads in this process and on the cluster, in alternating rounds (this machine drifts",
             "±10% over minutes); each part below is also timed alone.",
             "",
             "| part | seconds / iteration | share of an iteration |",

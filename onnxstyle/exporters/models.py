@@ -19,6 +19,7 @@ from onnxstyle.exporters.graph import (
     MAX_OPSET,
     MIN_OPSET,
     WIDTH,
+    FeatureViews,
     GraphBuilder,
     NetworkGraph,
     image_input,
@@ -87,10 +88,7 @@ def build_features_model(
     winograd_size: tuple[int, int] | None = None,
 ) -> onnx.ModelProto:
     """RGB image in [0, 1] → the requested feature maps by layer name (and Grams when asked)."""
-    builder = GraphBuilder()
-    network = NetworkGraph(builder, model, preprocessing, precision, winograd_size)
-    tensors = network.forward(IMAGE_INPUT)
-    channels = _channels(model)
+    builder, network, tensors, channels = _forward_graph(model, preprocessing, precision, winograd_size)
     outputs = []
     for layer in model.outputs:
         builder.nodes.append(helper.make_node("Identity", [tensors[layer]], [layer]))
@@ -100,6 +98,15 @@ def build_features_model(
         builder.nodes.append(helper.make_node("Identity", [gram], [f"gram.{layer}"]))
         outputs.append(helper.make_tensor_value_info(f"gram.{layer}", TensorProto.FLOAT, [channels[layer], channels[layer]]))
     return builder.model([image_input()], outputs, opset, "onnxstyle feature extractor")
+
+
+def _forward_graph(
+    model: Backbone, preprocessing: Preprocessing, precision: str, winograd_size: tuple[int, int] | None
+) -> tuple[GraphBuilder, NetworkGraph, FeatureViews, dict[str, int]]:
+    """What every graph starts with: a builder, the network's forward pass from the image, and channels per layer."""
+    builder = GraphBuilder()
+    network = NetworkGraph(builder, model, preprocessing, precision, winograd_size)
+    return builder, network, network.forward(IMAGE_INPUT), _channels(model)
 
 
 def _channels(model: Backbone) -> dict[str, int]:
@@ -122,11 +129,8 @@ def build_loss_model(
     winograd_size: tuple[int, int] | None = None,
 ) -> onnx.ModelProto:
     """Image + targets + per-layer weights → total loss, each term, and d(loss)/d(image)."""
-    builder = GraphBuilder()
+    builder, network, tensors, channels = _forward_graph(model, preprocessing, precision, winograd_size)
     b = builder
-    network = NetworkGraph(builder, model, preprocessing, precision, winograd_size)
-    tensors = network.forward(IMAGE_INPUT)
-    channels = _channels(model)
     seeds: dict[str, list[str]] = {}
     content_terms, style_terms = [], []
     inputs = [image_input()]
@@ -198,11 +202,8 @@ def build_tile_statistics_model(
     winograd_size: tuple[int, int] | None = None,
 ) -> onnx.ModelProto:
     """Tile + core mask → Gram sums over core positions (``gram_sum.LAYER``) and content features (see tiling.py)."""
-    builder = GraphBuilder()
+    builder, network, tensors, channels = _forward_graph(model, preprocessing, precision, winograd_size)
     b = builder
-    network = NetworkGraph(builder, model, preprocessing, precision, winograd_size)
-    tensors = network.forward(IMAGE_INPUT)
-    channels = _channels(model)
     outputs = []
     for layer in style_layers:
         c = channels[layer]
@@ -226,11 +227,8 @@ def build_tile_gradient_model(
 
     The surrogate ⟨D, ΣF·Fᵀ⟩ over core positions has gradient 2·D·F on them, which with D = dL/dG / N is
     exactly the whole-image style gradient there (D is symmetric)."""
-    builder = GraphBuilder()
+    builder, network, tensors, channels = _forward_graph(model, preprocessing, precision, winograd_size)
     b = builder
-    network = NetworkGraph(builder, model, preprocessing, precision, winograd_size)
-    tensors = network.forward(IMAGE_INPUT)
-    channels = _channels(model)
     inputs = [image_input(), _core_input()]
     seeds: dict[str, list[str]] = {}
     content_parts = []
