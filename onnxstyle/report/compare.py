@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onnxstyle.files import write_atomic
+from onnxstyle.report.plotting import pyplot, save
 from onnxstyle.report.schema import Report
 from onnxstyle.report.table import TableData
 
@@ -70,19 +71,22 @@ def ratio_table(baseline: Report, other: Report, baseline_name: str, other_name:
 PLOT_FORMATS = (".png", ".pdf", ".svg")
 
 
+def _label(ratio: Ratio) -> str:
+    """A cell's name on the comparison chart: model, runner, size, and the precision when not fp32."""
+    runner, model, width, height, precision = ratio.key
+    return f"{model} {runner} {width}x{height}" + ("" if precision == "fp32" else f" {precision}")
+
+
 def compare_plot(baseline: Report, others: list[Report], path: Path) -> Path:
     """Write the comparison chart to ``path`` (checked first with ``check_output``; its suffix picks the format)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     series = [(other, relative_speeds(baseline, other)) for other in others]
-    labels = list(dict.fromkeys(f"{r.key[1]} {r.key[0]} {r.key[2]}x{r.key[3]}" + ("" if r.key[4] == "fp32" else f" {r.key[4]}") for _, ratios in series for r in ratios))
+    labels = list(dict.fromkeys(_label(ratio) for _, ratios in series for ratio in ratios))
     figure, axis = plt.subplots(figsize=(8, 0.35 * max(4, len(labels)) + 1.5))
     height = 0.8 / max(1, len(series))
     for index, (other, ratios) in enumerate(series):
-        by_label = {f"{r.key[1]} {r.key[0]} {r.key[2]}x{r.key[3]}" + ("" if r.key[4] == "fp32" else f" {r.key[4]}"): r for r in ratios}
+        by_label = {_label(ratio): ratio for ratio in ratios}
         positions = [i + index * height for i, label in enumerate(labels) if label in by_label]
         values = [by_label[label].ratio for label in labels if label in by_label]
         errors = [by_label[label].uncertainty for label in labels if label in by_label]
@@ -92,7 +96,5 @@ def compare_plot(baseline: Report, others: list[Report], path: Path) -> Path:
     axis.set_xscale("log")
     axis.set_xlabel(f"speed relative to {Path(baseline.source).name or 'baseline'} (×, log scale)")
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    write_atomic(path, lambda out: figure.savefig(out, dpi=110, format=path.suffix.lstrip(".").lower()))
-    plt.close(figure)
+    write_atomic(path, lambda out: save(figure, out, path.suffix.lstrip(".").lower()))
     return path

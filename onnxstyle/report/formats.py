@@ -17,6 +17,7 @@ from onnxstyle.bench.records import Cell, GemmRate
 from onnxstyle.errors import OnnxstyleError, OutputError, ReportError, UsageError
 from onnxstyle.files import write_all
 from onnxstyle.report.metrics import cpus_used, noise_text, precision_speedup, speedup
+from onnxstyle.report.plotting import pyplot, save
 from onnxstyle.report.schema import STUDY_2016, STUDY_MACHINES, Report, load_report
 from onnxstyle.report.table import markdown_lines
 from onnxstyle.report.views import detail_table, noise_lines, speed_table, system_lines
@@ -84,10 +85,7 @@ def to_markdown(report: Report) -> str:
 
 def plot(report: Report, out: BinaryIO) -> None:
     """it/min against image side (log scale) per runner and model, with the 2016 study dashed, as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     models = list(dict.fromkeys(cell.model for cell in report.cells))
     figure, axes = plt.subplots(1, max(1, len(models)), figsize=(6 * max(1, len(models)), 4.5), squeeze=False)
@@ -114,9 +112,7 @@ def plot(report: Report, out: BinaryIO) -> None:
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
     figure.suptitle(f"onnxstyle bench — {report.system.get('cpu', '')}", fontsize=10)
-    figure.tight_layout()
-    figure.savefig(out, dpi=110, format="png")
-    plt.close(figure)
+    save(figure, out)
 
 
 STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

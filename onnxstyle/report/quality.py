@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 
 from onnxstyle.errors import ReportError
 from onnxstyle.report.formats import FileContent, ReportWriter
+from onnxstyle.report.plotting import pyplot, save
 from onnxstyle.report.table import TableData, markdown_lines
 
 SCHEMA = "onnxstyle.quality"
@@ -176,10 +177,7 @@ def to_markdown(report: QualityReport) -> str:
 
 def plot(report: QualityReport, out: BinaryIO) -> None:
     """Yardstick loss against wall time, one line per configuration, one panel per size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     sizes = report.sizes()
     figure, axes = plt.subplots(1, max(1, len(sizes)), figsize=(6.5 * max(1, len(sizes)), 4.5), squeeze=False)
@@ -193,9 +191,7 @@ def plot(report: QualityReport, out: BinaryIO) -> None:
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=7)
     figure.suptitle(f"onnxstyle converge — {report.system.get('cpu', '')}", fontsize=10)
-    figure.tight_layout()
-    figure.savefig(out, dpi=110, format="png")
-    plt.close(figure)
+    save(figure, out)
 
 
 def measured_in(path: Path) -> float:
