@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from onnxstyle.errors import UsageError
+from onnxstyle.plugin_eps import PluginTarget, parse_target
 from onnxstyle.providers import CPU_TARGETS
 
 PRECISIONS = ("fp32", "bf16", "fp16", "tf32")
@@ -58,6 +59,8 @@ def cpu_has_bf16() -> bool:
 def supported(engine: str, device: str) -> tuple[tuple[str, ...], str]:
     """(precisions this engine runs on this device, why the others are not offered)."""
     if engine == "onnxruntime":
+        if (plugin := parse_target(device)) is not None:
+            return plugin_precisions(plugin)
         if device == "tensorrt":
             return ("fp32", "fp16"), "bf16 gradient graphs need ONNX opset 22 Conv; ORT does not expose TensorRT's tf32 switch"
         if device == "cuda":
@@ -76,6 +79,17 @@ def supported(engine: str, device: str) -> tuple[tuple[str, ...], str]:
     if cpu_has_bf16():
         return ("fp32", "bf16"), "tf32 is a GPU format, and CPU fp16 convolutions are slower than fp32"
     return ("fp32",), "this CPU lacks AVX-512-BF16/AMX, so bf16 would run slower than fp32"
+
+
+def plugin_precisions(target: PluginTarget) -> tuple[tuple[str, ...], str]:
+    """A plugin EP's precisions: those it is told through its own options (OpenVINO: INFERENCE_PRECISION_HINT)."""
+    if not target.ep.precision_hints:
+        return ("fp32",), f"only fp32 is wired up for the {target.ep.title} plugin"
+    if target.device == "CPU":
+        if cpu_has_bf16():
+            return ("fp32", "bf16"), "OpenVINO's CPU runs f16 only on AVX512-FP16/AMX-FP16 CPUs; tf32 is an NVIDIA GPU mode"
+        return ("fp32",), "this CPU lacks AVX-512-BF16/AMX, so OpenVINO's bf16 would be emulated; tf32 is an NVIDIA GPU mode"
+    return ("fp32", "fp16"), f"OpenVINO's {target.device} runs f32 and f16; tf32 is an NVIDIA GPU mode"
 
 
 def why_not(engine: str, device: str, precision: str) -> str:

@@ -2,7 +2,8 @@
 
 ORT lists compiled-in providers even when their libraries are missing and then silently runs on
 the CPU. A benchmark built on that would lie, so every accelerator session is created
-with CPU fallback disabled and checked with ``get_providers()`` afterwards.
+with CPU fallback disabled and checked with ``get_providers()`` afterwards. Plugin EPs (OpenVINO,
+TensorRT-RTX, WebGPU, MLX, ``--ep-library``) are opened on the device they list (``plugin_eps``), under the same rules.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onnxstyle import plugin_eps
 from onnxstyle.errors import ProviderError, UsageError, first_line
 
 ALIASES: dict[str, str] = {
@@ -20,7 +22,6 @@ ALIASES: dict[str, str] = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
     "trt": "TensorrtExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
     "dml": "DmlExecutionProvider",
     "directml": "DmlExecutionProvider",
     "coreml": "CoreMLExecutionProvider",
@@ -32,13 +33,24 @@ ALIASES: dict[str, str] = {
 
 
 def canonical(name: str) -> str:
-    """``cuda`` → ``CUDAExecutionProvider``; full names pass through; unknown names fail clearly."""
+    """``cuda`` → ``CUDAExecutionProvider``; full names pass through; unknown names fail clearly.
+
+    Plugin EPs name their device after a colon where it is not the default: ``openvino:gpu`` →
+    ``OpenVINOExecutionProvider:GPU`` (``openvino`` is OpenVINO's CPU device).
+    """
     key = name.strip()
     if key.lower() in ALIASES:
         return ALIASES[key.lower()]
+    target = plugin_eps.parse_target(key)
+    if target is not None:
+        return target.provider
     if key.endswith("ExecutionProvider"):
         return key
-    raise UsageError(f"unknown provider '{name}'; use one of {', '.join(sorted(ALIASES))} or a full ORT provider name")
+    for ep_name in plugin_eps.extra_eps() if plugin_eps.library_entries() else {}:
+        if key.lower() == _default_short_name(ep_name):
+            return ep_name
+    names = sorted({*ALIASES, *plugin_eps.KNOWN})
+    raise UsageError(f"unknown provider '{name}'; use one of {', '.join(names)} or a full ORT provider name")
 
 
 # Providers whose sessions get graphs with every input shape fixed (one session per size). Our graphs
@@ -55,8 +67,28 @@ CUDA_TARGETS = ("cuda", "tensorrt")
 
 
 def short_name(provider: str) -> str:
+    """``CUDAExecutionProvider`` → ``cuda``; plugin EPs by their runner target (``OpenVINOExecutionProvider:GPU`` → ``openvino-gpu``)."""
+    target = plugin_eps.target_of(provider)
+    if target is not None:
+        return target.name
     reverse = {full: alias for alias, full in ALIASES.items() if alias not in ("trt", "directml")}
-    return reverse.get(provider, provider.removesuffix("ExecutionProvider").lower())
+    return reverse.get(provider, _default_short_name(provider))
+
+
+def _default_short_name(provider: str) -> str:
+    return provider.removesuffix("ExecutionProvider").lower()
+
+
+def is_plugin(provider: str) -> bool:
+    """Whether ``provider`` is opened through a plugin library's device rather than by name."""
+    if plugin_eps.target_of(provider) is not None:
+        return True
+    if not plugin_eps.library_entries():
+        return False
+    import onnxruntime as ort
+
+    # compiled-in providers never go through --ep-library, so a broken library cannot stop a CPU session
+    return provider not in ort.get_available_providers() and plugin_eps.ep_name_of(provider) in plugin_eps.extra_eps()
 
 
 @dataclass(frozen=True)
@@ -121,8 +153,8 @@ class ProviderConfig:
                 options["trt_profile_min_shapes"] = ShapeProfile.format(self.profile.min)
                 options["trt_profile_opt_shapes"] = ShapeProfile.format(self.profile.opt)
                 options["trt_profile_max_shapes"] = ShapeProfile.format(self.profile.max)
-        elif self.provider == "OpenVINOExecutionProvider":
-            options = {"device_type": "CPU"}
+        elif (target := plugin_eps.target_of(self.provider)) is not None:
+            options = plugin_eps.provider_options(target, self.precision, self.threads)
         options.update(self.extra)
         return options
 
@@ -237,6 +269,8 @@ def create_session(model: bytes | str | Path, config: ProviderConfig) -> Any:
     import onnxruntime as ort
 
     ort.set_default_logger_severity(4)
+    if is_plugin(config.provider):
+        return _create_plugin_session(model, config)
     if config.provider not in ort.get_available_providers():
         raise ProviderError(
             f"provider {short_name(config.provider)} ({config.provider}) is not in this onnxruntime build "
@@ -257,11 +291,34 @@ def create_session(model: bytes | str | Path, config: ProviderConfig) -> Any:
     return session
 
 
-def verify_provider(effective: Sequence[str], requested: str) -> None:
+def plugin_device(provider: str) -> Any:
+    """The OrtEpDevice a plugin provider runs on (registered first), or a ProviderError saying why there is none."""
+    target = plugin_eps.target_of(provider)
+    return plugin_eps.device_for(target) if target is not None else plugin_eps.extra_device(plugin_eps.ep_name_of(provider))
+
+
+def _create_plugin_session(model: bytes | str | Path, config: ProviderConfig) -> Any:
+    """A plugin EP's session on the device it listed, with its options, no CPU fallback, and the EP verified."""
+    import onnxruntime as ort
+
+    device = plugin_device(config.provider)
+    options = session_options(config)
+    source = str(model) if isinstance(model, Path) else model
+    name = short_name(config.provider)
+    try:
+        options.add_provider_for_devices([device], config.options())
+        session = ort.InferenceSession(source, sess_options=options)
+    except Exception as error:  # ORT raises RuntimeError/Fail/InvalidArgument by build
+        raise ProviderError(f"provider {name} is not usable here: {first_line(error)}") from error
+    verify_provider(session.get_providers(), plugin_eps.ep_name_of(config.provider), name)
+    return session
+
+
+def verify_provider(effective: Sequence[str], requested: str, name: str | None = None) -> None:
     """The first provider of the session must be the requested one: no silent CPU fallback."""
     if not effective or effective[0] != requested:
         raise ProviderError(
-            f"provider {short_name(requested)} was requested but the session runs on {', '.join(effective) or 'nothing'}; "
+            f"provider {name or short_name(requested)} was requested but the session runs on {', '.join(effective) or 'nothing'}; "
             "refusing a silent fallback"
         )
 
@@ -420,7 +477,14 @@ def probe_provider(provider: str) -> ProviderStatus:
 
 
 def probe_providers() -> list[ProviderStatus]:
-    """Probe every provider ORT lists, so 'available' means 'works here'."""
+    """Probe every provider ORT lists and every plugin EP we know or were given, so 'available' means 'works here'."""
+    return [probe_provider(provider) for provider in known_providers()]
+
+
+def known_providers() -> list[str]:
+    """ORT's compiled-in providers, then each known plugin EP (installed or not) and each ``--ep-library`` EP."""
     import onnxruntime as ort
 
-    return [probe_provider(provider) for provider in ort.get_available_providers()]
+    plugins = [target.provider for target in plugin_eps.known_targets()]
+    extra = list(plugin_eps.extra_eps()) if plugin_eps.library_entries() else []
+    return list(dict.fromkeys([*ort.get_available_providers(), *plugins, *extra]))

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from onnxstyle.errors import ProviderError, UsageError
+from onnxstyle.plugin_eps import parse_target
 from onnxstyle.precision import supported, why_not
-from onnxstyle.providers import CUDA_PROVIDERS, CUDA_TARGETS, canonical, probe_providers, short_name
+from onnxstyle.providers import CUDA_PROVIDERS, CUDA_TARGETS, canonical, known_providers, probe_provider, short_name
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Runner:
 
 
 def parse_runner(text: str) -> Runner:
-    """``cpu``/``cuda``/``tensorrt`` (ONNX Runtime providers), ``ort-cpu``, ``torch``, ``torch-cuda``, ``eager``…"""
+    """``cpu``/``cuda``/``tensorrt`` (ONNX Runtime providers), ``ort-cpu``, ``openvino:gpu``, ``torch``, ``torch-cuda``, ``eager``…"""
     name = text.strip().replace(":", "-")
     if not name:
         raise UsageError("empty provider name in --provider")
@@ -43,11 +44,14 @@ def parse_runner(text: str) -> Runner:
         return Runner(head, tail or "cpu")
     if head in ("ort", "onnxruntime"):
         name = name.partition("-")[2] or "cpu"
+    plugin = parse_target(name)  # an unknown plugin device is refused here, naming the plugin's devices
+    if plugin is not None:
+        return Runner("onnxruntime", plugin.name)
     try:
         return Runner("onnxruntime", short_name(canonical(name)))
     except UsageError:
         raise UsageError(
-            f"unknown provider '{text}'; use ONNX Runtime providers (cpu, cuda, tensorrt, …, or ort-NAME), "
+            f"unknown provider '{text}'; use ONNX Runtime providers (cpu, cuda, tensorrt, openvino, openvino:gpu, …, or ort-NAME), "
             "torch, torch-cuda, eager, eager-cuda, or all"
         ) from None
 
@@ -61,18 +65,13 @@ def runner_status(runner: Runner) -> str | None:
             if not torch.cuda.is_available():
                 return "torch.cuda.is_available() is False"
         return None
-    provider = canonical(runner.target)
-    for status in probe_providers():
-        if status.name == provider:
-            return None if status.usable else status.reason
-    return f"{provider} is not in this onnxruntime build"
+    status = probe_provider(canonical(runner.target))
+    return None if status.usable else status.reason
 
 
 def all_runners() -> list[Runner]:
-    """Every runner this installation knows about, usable or not."""
-    import onnxruntime as ort
-
-    runners = [Runner("onnxruntime", short_name(name)) for name in ort.get_available_providers()]
+    """Every runner this installation knows about, usable or not (plugin EPs included, installed or not)."""
+    runners = [Runner("onnxruntime", short_name(name)) for name in known_providers()]
     runners += [Runner(engine, device) for engine in ("torch", "eager") for device in ("cpu", "cuda")]
     return runners
 
@@ -94,11 +93,16 @@ def select_runners(text: str | None) -> tuple[list[Runner], dict[Runner, str]]:
                 skipped[runner] = reason
         return usable, (skipped if text is not None else {})
     runners = list(dict.fromkeys(parse_runner(item) for item in text.split(",")))
+    require_usable(runners)
+    return runners, {}
+
+
+def require_usable(runners: Sequence[Runner]) -> None:
+    """Runners named explicitly must run here: the first that cannot is a ProviderError with its reason."""
     for runner in runners:
         reason = runner_status(runner)
         if reason is not None:
             raise ProviderError(f"{runner.label} is not usable here: {reason}")
-    return runners, {}
 
 
 def precision_support(runner: Runner, precision: str) -> str | None:

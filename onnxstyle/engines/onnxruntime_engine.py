@@ -46,6 +46,7 @@ from onnxstyle.providers import (
     probe_model,
     short_name,
 )
+from onnxstyle.plugin_eps import package_label
 from onnxstyle.sysinfo import release_memory
 from onnxstyle.tiling import layer_strides
 from onnxstyle.weights import build_backbone
@@ -117,7 +118,8 @@ class OnnxRuntimeEngine(Engine):
 
         ``winograd`` None: Winograd F(4×4, 3×3) for the wide 3×3 convolutions of fp32 graphs on the CPU
         provider, whose direct convolutions already run near the FMA peak (VGG19 256 px: ≈80% of kernel time in
-        Conv, see `onnxstyle profile`); GPU providers choose their own algorithms (cuDNN, TensorRT tactics).
+        Conv, see `onnxstyle profile`); GPU providers choose their own algorithms (cuDNN, TensorRT tactics), and so do
+        plugin EPs such as OpenVINO, which get the direct-convolution graph.
         ``whole_image`` False: a tiled run, which never uses the whole-image loss session, does not open it.
         """
         super().__init__(spec)
@@ -129,6 +131,8 @@ class OnnxRuntimeEngine(Engine):
         self.on_gpu = config.provider in CUDA_PROVIDERS
         if winograd and self.graph_precision != "fp32":
             raise UsageError("Winograd convolutions are built for fp32 graphs only")
+        if winograd and config.provider != "CPUExecutionProvider":
+            raise UsageError(f"Winograd convolutions are built for the cpu provider only; {short_name(config.provider)} chooses its own convolution algorithms")
         if winograd is None:
             winograd = config.provider == "CPUExecutionProvider" and self.graph_precision == "fp32"
         # Which layers pay off depends on their size: decided for the smallest size asked for (one CPU graph serves all).
@@ -378,6 +382,8 @@ class OnnxRuntimeEngine(Engine):
             "static_shapes": self.static_shapes,
             "cuda_graph": self.config.cuda_graph,
             "build_seconds": round(self.build_seconds, 3),
+            # a plugin EP's own wheel (its version decides what it runs); its load_config is in provider_options, verbatim
+            **({"provider_package": package} if (package := package_label(self.config.provider)) else {}),
         }
 
 
