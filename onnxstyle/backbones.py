@@ -109,6 +109,15 @@ class BackboneSpec:
         deepest = self.truncated(names)[-1].name
         return next(size for size in range(1, 4096) if self.feature_shape(deepest, size, size) is not None)
 
+    def size_problem(self, names: Sequence[str], width: int, height: int) -> str | None:
+        """Why width×height cannot run layers up to the deepest named one, or ``None``: every command checks
+        sizes through this, so all of them refuse the same sizes with the same words."""
+        minimum = self.min_size(names)
+        if min(width, height) >= minimum:
+            return None
+        deepest = self.truncated(names)[-1].name
+        return f"{width}x{height} is too small for {self.name} up to {deepest}: needs at least {minimum}x{minimum}"
+
     def receptive_field(self, names: Sequence[str]) -> int:
         """Receptive field (pixels) of one unit of the deepest named layer; tiling halos need it."""
         field, jump = 1, 1

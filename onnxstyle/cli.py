@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from onnxstyle import __version__
 from onnxstyle.errors import OnnxstyleError, UsageError
@@ -28,9 +29,22 @@ weights_app = typer.Typer(help="The weights catalogue: list, verify, where.", no
 app.add_typer(weights_app, name="weights")
 report_app = typer.Typer(help="Saved bench reports: show, compare.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
-# Piped output (CI logs, `| tee`) gets room for the wide bench tables instead of rich's 80 columns.
-out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
+# Rows no log reader will ever scroll to: piped tables are never squeezed, and COLUMNS cannot narrow them.
+UNBOUNDED_WIDTH = 1_000_000
+
+
+def _console(stderr: bool) -> Console:
+    """A console whose messages are never broken into lines: a log line stays greppable and a path stays whole.
+
+    On a terminal, tables fit its width; piped (CI logs, ``| tee``), nothing is wrapped at all, whatever ``COLUMNS`` says.
+    """
+    stream = sys.stderr if stderr else sys.stdout
+    interactive = stream.isatty()
+    return Console(stderr=stderr, soft_wrap=True, width=None if interactive else UNBOUNDED_WIDTH)
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
 
 
 def _version(value: bool) -> None:
@@ -42,8 +56,13 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = None,
+    ep_library: Annotated[Optional[list[str]], typer.Option("--ep-library", help="PATH[:NAME] of a plugin execution provider library to register (repeatable; before the command, e.g. onnxstyle --ep-library /opt/libfoo.so:FooExecutionProvider bench --provider foo). Also ONNXSTYLE_EP_LIBRARIES, ';'-separated; worker processes inherit it.")] = None,
 ) -> None:
     """onnxstyle: portable, measurable neural style transfer."""
+    if ep_library:
+        from onnxstyle.plugin_eps import add_libraries
+
+        add_libraries(ep_library)
 
 
 @app.command()
@@ -61,7 +80,7 @@ def env(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable o
             text = "; ".join(f"{name}: {item}" for name, item in value.items())
         else:
             text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
-        out.print(f"{key:26} {text}", highlight=False)
+        out.print(f"{key:26} {text}", highlight=False, markup=False)
 
 
 @app.command()
@@ -89,7 +108,7 @@ def providers(
     for column in ("engine", "provider", "usable", "reason"):
         table.add_column(column)
     for engine, name, usable, reason in rows:
-        table.add_row(engine, name, "yes" if usable else "no", reason)
+        table.add_row(engine, name, "yes" if usable else "no", Text(reason))
     out.print(table)
 
 
@@ -110,21 +129,24 @@ def _provider_check(as_json: bool) -> None:
             table.add_column(column)
         for check in checks:
             if not check.usable:
-                table.add_row(check.runner, "not usable", check.reason, *["–"] * 5)
+                table.add_row(check.runner, "not usable", Text(check.reason), *["–"] * 5)
+                continue
+            if check.grad_error_vs_cpu is None:  # usable, but the check itself failed: its problems say why
+                table.add_row(check.runner, "PROBLEM", "–", *["–"] * 5)
                 continue
             placement = check.placement
             nodes = "; ".join(f"{name}: {count}" for name, count in placement.nodes.items()) if placement else "– (torch)"
             tf32 = "–" if check.tf32 is None else ("ON" if check.tf32 else "off") + f" ({max(check.tf32_errors.values()):.0e})"
             table.add_row(
-                check.runner, "ok" if check.ok else "PROBLEM", nodes, "–" if placement is None else str(placement.memcpy),
+                check.runner, "ok" if check.ok else "PROBLEM", Text(nodes), "–" if placement is None else str(placement.memcpy),
                 "–" if placement is None else str(placement.shape_ops), f"{check.grad_error_vs_cpu:.1e}", f"{check.grad_error_vs_fp64:.1e}", tf32,
             )
         out.print(table)
         libraries = next((check.libraries for check in checks if check.libraries), [])
-        out.print("GPU libraries loaded: " + (", ".join(libraries) if libraries else "none"), highlight=False)
+        out.print("GPU libraries loaded: " + (", ".join(libraries) if libraries else "none"), highlight=False, markup=False)
         for check in checks:
             for problem in check.problems:
-                out.print(f"[red]{check.runner}: {problem}[/]", highlight=False)
+                out.print(f"{check.runner}: {problem}", style="red", highlight=False, markup=False)
     failed = [check.runner for check in checks if check.usable and not check.ok]
     if failed:
         raise ProviderError(f"provider check failed for {', '.join(failed)}")
@@ -147,7 +169,7 @@ def export(
     from onnxstyle.exporters.export import export_backbone
 
     def plan(paths: list[Path]) -> None:
-        err.print(f"writes {', '.join(str(path) for path in paths)}", highlight=False)
+        err.print(f"writes {', '.join(str(path) for path in paths)}", highlight=False, markup=False)
 
     with _interrupt_note("export interrupted before writing: nothing was written"), err.status("exporting and validating against torch…"):
         result = export_backbone(
@@ -158,9 +180,9 @@ def export(
     if result.timing_only:
         err.print("[yellow]weights: synthetic — timing only, not a real style transfer[/]")
     worst, tolerance = result.worst_errors, result.tolerance
-    out.print(f"features  {result.features_path}  (worst relative error vs torch {worst['features']:.1e} ≤ {tolerance:.0e})")
-    out.print(f"loss+grad {result.loss_path}  (worst relative error vs torch autograd {worst['loss']:.1e} ≤ {tolerance:.0e})")
-    out.print(f"metadata  {result.metadata_path}")
+    out.print(f"features  {result.features_path}  (worst relative error vs torch {worst['features']:.1e} ≤ {tolerance:.0e})", highlight=False, markup=False)
+    out.print(f"loss+grad {result.loss_path}  (worst relative error vs torch autograd {worst['loss']:.1e} ≤ {tolerance:.0e})", highlight=False, markup=False)
+    out.print(f"metadata  {result.metadata_path}", highlight=False, markup=False)
 
 
 @app.command()
@@ -196,12 +218,17 @@ def stylize(
     cluster: Annotated[Optional[str], typer.Option(help="Run the tiles on a Ray cluster: HOST:PORT, ray://HOST:PORT, or local (pip install 'onnxstyle[cluster]').")] = None,
     scales: Annotated[Optional[str], typer.Option(help="Multi-resolution sizes, increasing (e.g. 512,1024,2048,4096,7680); each starts from the last result. Default above 1024 px: 512, doubling, up to --size.")] = None,
     scale_iterations: Annotated[Optional[str], typer.Option(help="Iterations per scale (comma list); default --iterations at the first scale, halved per scale.")] = None,
+    max_time: Annotated[Optional[float], typer.Option(help="Wall-time budget in seconds for the whole run, set-up included; the best image so far is written when it ends (with --iterations, whichever comes first).")] = None,
 ) -> None:
     """Optimise an image so its features match CONTENT and its Gram matrices match STYLE(s)."""
+    import time
+
     from onnxstyle.errors import UsageError
     from onnxstyle.images import DEMO_CONTENT, DEMO_STYLE, parse_size
-    from onnxstyle.stylize import StylizeConfig, default_scales, parse_scales, stylize_scales
+    from onnxstyle.stylize import TIME_BOUND_ITERATIONS, StylizeConfig, default_scales, parse_scales, stylize_scales
     from onnxstyle.stylize import stylize as run_stylize
+
+    started = time.perf_counter() - _seconds_since_start()
 
     if demo:
         content, styles, size = content or DEMO_CONTENT, styles or [DEMO_STYLE], size or "256"
@@ -210,12 +237,14 @@ def stylize(
         raise UsageError("give CONTENT and at least one STYLE image, or --demo")
     _warn_threads(threads)
     config = StylizeConfig(
-        engine=engine, provider=provider, model=model, weights=weights, iterations=1000 if iterations is None else iterations,
+        engine=engine, provider=provider, model=model, weights=weights,
+        iterations=iterations if iterations is not None else (1000 if max_time is None else TIME_BOUND_ITERATIONS),
         optimizer=optimizer, learning_rate=learning_rate, content_weight=content_weight, style_weight=style_weight,  # type: ignore[arg-type]
         tv_weight=tv_weight, content_layers=content_layers, style_layers=style_layers, style_blend_weights=style_blend_weights,
         style_scale=style_scale, seed=seed, original_colors=original_colors, pooling=pooling, save_every=save_every,  # type: ignore[arg-type]
-        threads=threads, precision=precision, tile=tile, cuda_graph=cuda_graph, cluster=cluster,
+        threads=threads, precision=precision, tile=tile, cuda_graph=cuda_graph, cluster=cluster, max_time=max_time,
     )
+    deadline = None if max_time is None else started + max_time
     plan = parse_scales(scales) if scales else default_scales(parse_size(size or 512))
     kept = f"{output} was not written" if not output.exists() else f"{output} was left as it was"
     progress, report = _stylize_progress(config.iterations)
@@ -225,10 +254,12 @@ def stylize(
                 err.print(f"multi-resolution: {', '.join(str(scale) for scale in plan)}", highlight=False)
                 result = stylize_scales(
                     content, styles, output, scales=plan, iterations=scale_iterations or config.iterations, init=init or "random",
-                    progress=report, config=config,
+                    progress=report, config=config, deadline=deadline,
                 )
             else:
-                result = run_stylize(content, styles, output, size=plan[0], init=init or "random", progress=report, config=config)
+                result = run_stylize(
+                    content, styles, output, size=plan[0], init=init or "random", progress=report, config=config, deadline=deadline
+                )
     finally:
         progress.stop()
     _print_stylized(result)
@@ -250,12 +281,18 @@ def _bench_progress(total: int) -> tuple[Progress, Any, Any]:
 
 
 def _stylize_progress(total: int) -> tuple[Progress, Any]:
-    """A progress bar (loss, it/s) and the callback that drives it; each scale of a multi-resolution run counts from 1."""
+    """A progress bar (loss, it/s) and the callback that drives it; each scale of a multi-resolution run counts from 1.
+    A run that only a time budget ends (``--max-time`` without ``--iterations``) shows a pulsing bar and no total."""
+    from onnxstyle.stylize import TIME_BOUND_ITERATIONS
+
+    def bounded(count: int) -> int | None:
+        return None if count >= TIME_BOUND_ITERATIONS else max(count, 1)
+
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}{task.fields[of]}"),
         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} it/s"), TimeElapsedColumn(), console=err,
     )
-    task = progress.add_task("stylize", total=max(total, 1), loss="…", rate="…")
+    task = progress.add_task("stylize", total=bounded(total), loss="…", rate="…", of="" if bounded(total) is None else f"/{total}")
     started: list[float] = []
 
     def report(step: int, total: int, terms: Any) -> None:
@@ -267,7 +304,8 @@ def _stylize_progress(total: int) -> tuple[Progress, Any]:
         if not started or step == 1:
             started[:] = [now]
         rate = (step - 1) / (now - started[0]) if step > 1 and now > started[0] else 0.0
-        progress.update(task, completed=step, total=total, loss=f"{terms.total:.4g}", rate=f"{rate:.2f}")
+        limit = bounded(total)
+        progress.update(task, completed=step, total=limit, of="" if limit is None else f"/{limit}", loss=f"{terms.total:.4g}", rate=f"{rate:.2f}")
 
     return progress, report
 
@@ -285,16 +323,25 @@ def _print_stylized(result: Any) -> None:
     if isinstance(cluster, dict):
         workers = ", ".join(f"{worker['node']} ×{worker['threads']}" for worker in cluster["workers"])
         lost = f"; lost and rerun elsewhere: {', '.join(cluster['lost'])}" if cluster["lost"] else ""
-        err.print(f"cluster: tile workers on {workers}{lost}", highlight=False)
+        err.print(f"cluster: tile workers on {workers}{lost}", highlight=False, markup=False)
     if result.timing_only:
         err.print("[yellow]weights: synthetic — timing only, not a real style transfer (install real weights: onnxstyle weights where)[/]")
     out.print(
         f"wrote {result.output}: {result.iterations} iterations in {result.seconds:.1f}s ({_pace(result.iterations, result.seconds)}) "
-        f"on {result.engine['engine']} [{where}], loss {result.losses[0]:.4g} → {result.losses[-1]:.4g} "
-        f"({-100 * result.loss_reduction:+.1f}%), weights {result.weights}",
+        f"on {result.engine['engine']} [{where}], loss {result.losses[0]:.4g} → {result.best_loss:.4g} "
+        f"({-100 * result.loss_reduction:+.1f}%), weights {result.weights}{'; ended by --max-time' if result.ended_by == 'time' else ''}",
         highlight=False,
         markup=False,
     )
+
+
+def _seconds_since_start() -> float:
+    """How long this process has run: a user's time budget starts when they pressed Enter, not after our imports."""
+    import time
+
+    import psutil
+
+    return max(0.0, time.time() - psutil.Process().create_time())
 
 
 def _warn_threads(threads: int | None) -> None:
@@ -309,7 +356,7 @@ def _warn_environment() -> None:
     from onnxstyle.sysinfo import environment_warnings
 
     for warning in environment_warnings():
-        err.print(f"[yellow]warning: {warning}[/]", highlight=False)
+        err.print(f"warning: {warning}", style="yellow", highlight=False, markup=False)
 
 
 def _pace(iterations: int, seconds: float) -> str:
@@ -370,7 +417,7 @@ def bench(
     stem = check_stem(name) if name else time.strftime("bench-%Y%m%d-%H%M%S")
     writer = ReportWriter(out_dir, stem)
     if writer.stem != stem:
-        err.print(f"[yellow]{out_dir / stem}.* is being written by another bench that is still running; this run writes {writer.stem}.*[/]")
+        err.print(f"{out_dir / stem}.* is being written by another bench that is still running; this run writes {writer.stem}.*", style="yellow", highlight=False, markup=False)
     live = LiveReport(writer, new_report([], options.as_dict(), {}, labels, ["onnxstyle", *sys.argv[1:]], False))
 
     def on_cell(cell: Cell, run: BenchRun) -> None:
@@ -378,9 +425,9 @@ def bench(
         figure = f"{cell.stats['median']:,.1f} it/min" if cell.stats else f"{cell.status}: {cell.reason}"
         if cell.noisy:
             figure += f"  [noisy: {'; '.join(reason['text'] for reason in cell.noise)}]"
-        progress.console.print(f"  {cell.model:6} {cell.runner:14} {cell.precision:5} {cell.width}x{cell.height:<5} {figure}", highlight=False)
+        progress.console.print(f"  {cell.model:6} {cell.runner:14} {cell.precision:5} {cell.width}x{cell.height:<5} {figure}", highlight=False, markup=False)
         if (failure := live.update(run.cells, run.roofs, run.interrupted)) is not None:
-            progress.console.print(f"[red]could not write the report: {failure}[/]", highlight=False)
+            progress.console.print(f"could not write the report: {failure}", style="red", highlight=False, markup=False)
 
     try:
         with progress:
@@ -390,18 +437,26 @@ def bench(
         writer.close()
     _show(live.report, verdict=False)
     for kind, path in writer.paths.items():
-        out.print(f"{kind:4} {path}", highlight=False)
+        out.print(f"{kind:4} {path}", highlight=False, markup=False)
     if writer.kept:
-        err.print(f"[yellow]{writer.kept}[/]", highlight=False)
+        err.print(writer.kept, style="yellow", highlight=False, markup=False)
     _verdict(live.report)
     if live.errors:
         raise OutputError(f"{live.errors[-1]}; the measurements are lost unless an earlier write of {writer.stem}.json survived")
     if interrupted:
-        raise typer.Exit(130)
+        raise _bench_interrupted(writer.paths, cells)
     if (unmeasured := nothing_measured(cells)) is not None:
         err.print("[red]error:[/] ", end="")
         err.print(unmeasured[0], highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(unmeasured[1])
+
+
+def _bench_interrupted(paths: dict[str, Path], cells: list[Any]) -> Exception:
+    """The line an interrupted bench ends with: what it kept, as every interrupted command says."""
+    from onnxstyle.errors import Interrupted
+
+    measured = sum(cell.status == "ok" for cell in cells)
+    return Interrupted(f"bench interrupted; kept {paths['json']} with the {measured} cells measured" if paths else "bench interrupted; nothing was measured")
 
 
 def _cluster_bench(request: dict[str, Any], address: str, out_dir: Path, name: str | None) -> None:
@@ -410,10 +465,12 @@ def _cluster_bench(request: dict[str, Any], address: str, out_dir: Path, name: s
 
     from onnxstyle.bench.options import BenchOptions, parse_models, parse_precisions, parse_sizes
     from onnxstyle.bench.run import nothing_measured
+    from onnxstyle.cluster import parse_address
     from onnxstyle.cluster.bench import ClusterRun, run_cluster_bench
     from onnxstyle.report import LiveReport, ReportWriter, check_directory, check_stem, new_report
     from onnxstyle.weights import resolve
 
+    address = parse_address(address)
     models, sizes = parse_models(request["model"]), parse_sizes(request["sizes"])
     grid = [(spec.name, width, height) for spec in models for width, height in sizes]
     shape = BenchOptions([], models, sizes, parse_precisions(request["precision"]), duration=None if request["iterations"] else request["duration"],
@@ -430,7 +487,7 @@ def _cluster_bench(request: dict[str, Any], address: str, out_dir: Path, name: s
         assert live.report is not None
         live.report.nodes = run.nodes
         if (failure := live.update(run.cells, run.roofs, run.interrupted)) is not None:
-            err.print(f"[red]could not write the report: {failure}[/]", highlight=False)
+            err.print(f"could not write the report: {failure}", style="red", highlight=False, markup=False)
 
     shown: set[tuple[str, str, int, int, str]] = set()
 
@@ -439,11 +496,13 @@ def _cluster_bench(request: dict[str, Any], address: str, out_dir: Path, name: s
             if cell.key not in shown and cell.status != "pending":
                 shown.add(cell.key)
                 figure = f"{cell.stats['median']:,.1f} it/min" if cell.stats else f"{cell.status}: {cell.reason}"
-                out.print(f"  {cell.model:6} {cell.label:28} {cell.precision:5} {cell.width}x{cell.height:<5} {figure}", highlight=False)
+                out.print(f"  {cell.model:6} {cell.label:28} {cell.precision:5} {cell.width}x{cell.height:<5} {figure}", highlight=False, markup=False)
         on_change(run)
 
     try:
-        with err.status(f"benchmarking on the cluster at {address}…"):
+        with err.status(Text(f"benchmarking on the cluster at {address}…")), _interrupt_note(
+            f"bench interrupted while setting up the cluster at {address}; nothing was measured and no report was written"
+        ):
             run = run_cluster_bench(request, grid, address=address, on_change=on_progress)
         assert live.report is not None
         live.report.nodes = run.nodes
@@ -452,10 +511,10 @@ def _cluster_bench(request: dict[str, Any], address: str, out_dir: Path, name: s
         writer.close()
     _show(live.report, verdict=False)
     for kind, path in writer.paths.items():
-        out.print(f"{kind:4} {path}", highlight=False)
+        out.print(f"{kind:4} {path}", highlight=False, markup=False)
     _verdict(live.report)
     if run.interrupted:
-        raise typer.Exit(130)
+        raise _bench_interrupted(writer.paths, run.cells)
     if (unmeasured := nothing_measured(run.cells)) is not None:
         err.print("[red]error:[/] ", end="")
         err.print(unmeasured[0], highlight=False, markup=False, soft_wrap=True)
@@ -476,17 +535,18 @@ def cluster_scale(
 
     from onnxstyle.backbones import get_backbone
     from onnxstyle.bench.options import parse_sizes
-    from onnxstyle.cluster.scale import as_json, markdown, measure_driver, measure_overhead, measure_tile, scale_table
+    from onnxstyle.cluster.scale import as_json, check_request, markdown, measure_driver, measure_overhead, measure_tile, scale_table
     from onnxstyle.engines import EngineSpec
+    from onnxstyle.memory import free_bytes
     from onnxstyle.report import ReportWriter, check_directory, check_stem
     from onnxstyle.sysinfo import fingerprint
-    from onnxstyle.tiling import TilePlan, check_tile
+    from onnxstyle.tiling import TilePlan
     from onnxstyle.weights import resolve
 
     (width, height), = parse_sizes(size)
     vgg = get_backbone("vgg19")
     spec = EngineSpec.defaults(vgg, resolve(weights, vgg))
-    check_tile(vgg, spec.layers, tile)
+    check_request(spec, width, height, tile, overhead_size, free_bytes("cpu"))
     check_directory(out_dir)
     check_stem(name)
     rows, cols = TilePlan.create(vgg, spec.layers, height, width, tile).largest_tile
@@ -503,14 +563,14 @@ def cluster_scale(
         paths = writer.write_files(1, {"json": json_module.dumps(as_json(table, overhead), indent=1) + "\n", "md": text})
     out.print(text, highlight=False, markup=False)
     for kind, path in paths.items():
-        out.print(f"{kind:4} {path}", highlight=False)
+        out.print(f"{kind:4} {path}", highlight=False, markup=False)
 
 
 @app.command()
 def parity(
     provider: Annotated[str, typer.Option(help="Comma list of runners, as bench's --provider (cpu, cuda, torch-cuda, eager-cuda, …).")] = "cpu,torch",
     model: Annotated[str, typer.Option(help="Comma list of vgg19/vgg, nin.")] = "vgg19",
-    sizes: Annotated[str, typer.Option(help="Comma list of square sizes.")] = "256",
+    sizes: Annotated[str, typer.Option(help="Comma list of square sizes or WIDTHxHEIGHT.")] = "256",
     precision: Annotated[str, typer.Option(help="fp32, tf32, fp16 or bf16, for every runner.")] = "fp32",
     weights: Annotated[str, typer.Option(help="auto | synthetic | catalogue id | PATH.")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: CPUs available to this process).")] = None,
@@ -520,40 +580,44 @@ def parity(
     """Gradient parity of each runner against torch autograd (CPU, fp32) at the sizes given, with the same targets."""
     import time
 
-    from onnxstyle.bench.options import parse_models, parse_precisions, parse_sizes
-    from onnxstyle.errors import UsageError
-    from onnxstyle.parity import gradient_parity, parity_files, rows_in
+    from onnxstyle.bench.run import nothing_measured
+    from onnxstyle.errors import Interrupted, OutputError
+    from onnxstyle.parity import ParityRow, gradient_parity, measured, parity_files, parity_plan, rows_in
     from onnxstyle.report import LiveReport, ReportWriter, check_directory, check_stem
-    from onnxstyle.runners import parse_runner
     from onnxstyle.sysinfo import fingerprint
 
-    runners = [parse_runner(item) for item in provider.split(",") if item.strip()]
-    models = parse_models(model)
-    size_list = [width for width, _ in parse_sizes(sizes)]
-    precisions = parse_precisions(precision)
-    if len(precisions) != 1:
-        raise UsageError(f"parity takes one precision, got {precision} (run it once per precision)")
+    plan = parity_plan(provider=provider, model=model, sizes=sizes, precision=precision, threads=threads)
     check_directory(out_dir)
+    _warn_threads(threads)
     _warn_environment()
     stem = check_stem(name) if name else time.strftime("parity-%Y%m%d-%H%M%S")
     system = fingerprint()
-    rows: list[Any] = []
-    with ReportWriter(out_dir, stem, measured_in=rows_in, unit="rows") as writer:
+    rows: list[ParityRow] = []
+    with ReportWriter(out_dir, stem, measured_in=rows_in, unit="measured rows") as writer:
         live = LiveReport(writer)
 
-        def on_row(row: Any) -> None:
+        def on_row(row: ParityRow) -> None:
             rows.append(row)
-            figure = f"failed: {row.error}" if row.error else f"gradient {row.grad_error:.1e}, loss {row.loss_error:.1e} ({row.seconds:.1f} s)"
-            out.print(f"  {row.model:6} {row.size:>5} px {row.runner:14} {row.precision:5} {figure}", highlight=False)
-            if (failure := live.save(len(rows), parity_files(rows, system))) is not None:
-                err.print(f"[red]could not write the report: {failure}[/]", highlight=False)
+            figure = f"{row.status}: {row.error}" if row.status != "ok" else f"gradient {row.grad_error:.1e}, loss {row.loss_error:.1e} ({row.seconds:.1f} s)"
+            out.print(f"  {row.model:6} {row.width}x{row.height:<5} {row.runner:14} {row.precision:5} {figure}", highlight=False, markup=False)
+            if (failure := live.save(measured(rows), parity_files(rows, system))) is not None:
+                err.print(f"could not write the report: {failure}", style="red", highlight=False, markup=False)
 
-        with _interrupt_note("parity interrupted: the rows measured so far are in the report"):
-            gradient_parity(
-                runners=runners, models=models, sizes=size_list, precision=precisions[0], weights=weights, threads=threads, on_row=on_row
-            )
+        try:
+            gradient_parity(plan, weights=weights, threads=threads, on_row=on_row)
+        except KeyboardInterrupt:
+            kept = f"kept {writer.paths['json']} with the {measured(rows)} rows measured so far" if writer.paths else "nothing was measured yet"
+            raise Interrupted(f"parity interrupted; {kept}") from None
     for kind, path in writer.paths.items():
-        out.print(f"{kind:4} {path}", highlight=False)
+        out.print(f"{kind:4} {path}", highlight=False, markup=False)
+    if writer.kept:
+        err.print(writer.kept, style="yellow", highlight=False, markup=False)
+    if live.errors:
+        raise OutputError(f"{live.errors[-1]}; the measurements are lost unless an earlier write of {writer.stem}.json survived")
+    if (unmeasured := nothing_measured(rows, unit="row")) is not None:
+        err.print("[red]error:[/] ", end="")
+        err.print(unmeasured[0], highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(unmeasured[1])
 
 
 @app.command()
@@ -578,7 +642,10 @@ def converge(
 
     check_directory(out_dir)
     stem = check_stem(name) if name else time.strftime("quality-%Y%m%d-%H%M%S")
-    size_list = [width for width, height in parse_sizes(sizes)]
+    size_pairs = parse_sizes(sizes)
+    if (oblong := next(((width, height) for width, height in size_pairs if width != height), None)) is not None:
+        raise UsageError(f"converge runs square images; --sizes {oblong[0]}x{oblong[1]} is not square: give one side, e.g. {min(oblong)}")
+    size_list = [width for width, _height in size_pairs]
     try:
         budgets = [float(item) for item in seconds.split(",")]
     except ValueError:
@@ -588,7 +655,7 @@ def converge(
     command = ["onnxstyle", *sys.argv[1:]]
     writer = ReportWriter(out_dir, stem, measured_in=measured_in, unit="scored configurations")
     if writer.stem != stem:
-        err.print(f"[yellow]{out_dir / stem}.* is being written by another run that is still going; this run writes {writer.stem}.*[/]")
+        err.print(f"{out_dir / stem}.* is being written by another run that is still going; this run writes {writer.stem}.*", style="yellow", highlight=False, markup=False)
     live = LiveReport(writer)
 
     def save(report: Any) -> None:
@@ -596,7 +663,7 @@ def converge(
         report; a failed write is said once and the run goes on (the last error ends the command)."""
         report.options["command"] = command
         if (failure := live.save(scored(report), quality_files(report))) is not None:
-            err.print(f"[red]could not write the report: {failure}[/]", highlight=False)
+            err.print(f"could not write the report: {failure}", style="red", highlight=False, markup=False)
 
     try:
         with err.status("…") as status:
@@ -613,11 +680,16 @@ def converge(
         err.print("[yellow]weights: synthetic — losses of synthetic weights say nothing about image quality[/]")
     out.print(to_rich(quality_table(report)))
     for kind, path in writer.paths.items():
-        out.print(f"{kind:4} {path}", highlight=False)
+        out.print(f"{kind:4} {path}", highlight=False, markup=False)
     if writer.kept:
-        err.print(f"[yellow]{writer.kept}[/]", highlight=False)
+        err.print(writer.kept, style="yellow", highlight=False, markup=False)
     if live.errors:
         raise OutputError(live.errors[-1])
+    if report.interrupted:
+        measured = scored(report)
+        kept = f"kept {writer.paths['json']} with {measured} configuration{'' if measured == 1 else 's'} measured" if writer.paths else "nothing was written"
+        never = f"; not run: {', '.join(report.not_run)}" if report.not_run else ""
+        raise Interrupted(f"converge interrupted; {kept}{never}")
 
 
 @app.command()
@@ -639,9 +711,12 @@ def profile(
 
     if conv not in ("auto", "direct", "winograd"):
         raise UsageError(f"--conv must be auto, direct or winograd, got '{conv}'")
+    if top <= 0:
+        raise UsageError(f"--top must be positive, got {top}")
     side = parse_size(size)
     width, height = side if isinstance(side, tuple) else (side, side)
-    with err.status(f"profiling {model} at {width}x{height} on {provider}…"):
+    _warn_threads(threads)
+    with err.status(Text(f"profiling {model} at {width}x{height} on {provider}…")):
         result = profile_loss(
             model=model, size=(width, height), provider=provider, threads=threads, runs=runs, warmup=warmup, weights=weights,
             winograd=None if conv == "auto" else conv == "winograd",
@@ -650,6 +725,7 @@ def profile(
         f"{result.model} {result.width}x{result.height} on {result.provider}: {result.run_milliseconds:,.1f} ms per loss+gradient run "
         f"(mean of {result.runs}), {result.kernel_milliseconds:,.1f} ms in kernels; convolutions: {result.conv_algorithm}",
         highlight=False,
+        markup=False,
     )
     by_op = Table(title="by operator (ms per run)")
     for column in ("operator", "ms", "share"):
@@ -661,7 +737,7 @@ def profile(
     for column in ("node", "operator", "ms"):
         nodes.add_column(column, justify="right" if column == "ms" else "left")
     for node in result.slowest(top):
-        nodes.add_row(node.name, node.op_type, f"{node.milliseconds:,.2f}")
+        nodes.add_row(Text(node.name), node.op_type, f"{node.milliseconds:,.2f}")
     out.print(nodes)
 
 
@@ -702,39 +778,45 @@ def _interrupt_note(text: str) -> Iterator[None]:
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C, recorded first, so messages and cell reasons name the signal that came."""
+    from onnxstyle.errors import note_interruption
+
+    note_interruption("SIGTERM")
     raise KeyboardInterrupt
 
 
 @report_app.command("show")
-def report_show(path: Annotated[Path, typer.Argument(help="A bench report (.json).")]) -> None:
+def report_show(path: Annotated[Path, typer.Argument(help="A bench or quality (converge) report (.json).")]) -> None:
     """Re-render a saved bench or quality (converge) report."""
     from onnxstyle.report import to_rich
-    from onnxstyle.report.quality import SCHEMA as QUALITY_SCHEMA
-    from onnxstyle.report.quality import QualityReport, quality_table
-    from onnxstyle.report.schema import Report, read_json
+    from onnxstyle.report.loading import load_any
+    from onnxstyle.report.quality import QualityReport, interrupted_line, quality_table
 
-    data = read_json(path)
-    if isinstance(data, dict) and data.get("schema") == QUALITY_SCHEMA:
-        quality = QualityReport.from_json(data, str(path))
-        out.print(f"machine: {quality.system.get('cpu', '?')}; weights {quality.weights}; created {quality.created}", highlight=False, markup=False)
-        out.print(to_rich(quality_table(quality)))
+    report = load_any(path)
+    if isinstance(report, QualityReport):
+        out.print(f"machine: {report.system.get('cpu', '?')}; weights {report.weights}; created {report.created}", highlight=False, markup=False)
+        if (line := interrupted_line(report)) is not None:
+            out.print(line, style="yellow", highlight=False, markup=False)
+        out.print(to_rich(quality_table(report)))
         return
-    _show(Report.from_json(data, str(path)))
+    _show(report)
 
 
 @report_app.command("compare")
 def report_compare(
     paths: Annotated[list[Path], typer.Argument(help="Two or more reports; the first is the baseline.")],
     plot_path: Annotated[Path, typer.Option("--plot", help="Where to write the comparison plot.")] = Path("comparison.png"),
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --plot file that is not an earlier comparison plot.")] = False,
 ) -> None:
     """How the machines differ, then each cell's speed relative to the first report (± uncertainty)."""
     from onnxstyle.errors import UsageError
     from onnxstyle.files import check_output
     from onnxstyle.report import PLOT_FORMATS, compare_plot, differences_table, load_report, ratio_table, to_rich
+    from onnxstyle.report.compare import is_comparison_plot
 
     if len(paths) < 2:
         raise UsageError("report compare needs at least two reports (the first is the baseline)")
-    check_output(plot_path, formats=PLOT_FORMATS, what="plot")
+    check_output(plot_path, formats=PLOT_FORMATS, inputs=paths, replace=force or is_comparison_plot(plot_path), what="plot")
     reports = [load_report(path) for path in paths]
     names = [path.name for path in paths]
     differences = differences_table(reports, names)
@@ -747,11 +829,11 @@ def report_compare(
     for other, label in zip(reports[1:], names[1:], strict=True):
         table = ratio_table(baseline, other, names[0], label)
         if not table.rows:
-            out.print(f"{label}: no cells in common with {names[0]}")
+            out.print(f"{label}: no cells in common with {names[0]}", highlight=False, markup=False)
         else:
-            out.print(f"[bold]{label} relative to {names[0]}[/bold] (ratio >1 is faster; ± from both runs' spreads)", highlight=False)
+            out.print(Text.assemble((f"{label} relative to {names[0]}", "bold"), " (ratio >1 is faster; ± from both runs' spreads)"), highlight=False)
             out.print(to_rich(table))
-    out.print(f"plot {compare_plot(baseline, reports[1:], plot_path)}", highlight=False)
+    out.print(f"plot {compare_plot(baseline, reports[1:], plot_path)}", highlight=False, markup=False)
 
 
 @weights_app.command("list")
@@ -764,7 +846,7 @@ def weights_list() -> None:
         table.add_column(column)
     for entry in CATALOGUE.values():
         cached = find_cached(entry)
-        table.add_row(entry.id, entry.backbone, entry.filename, entry.size, entry.preprocessing.name, entry.licence, str(cached) if cached else "no")
+        table.add_row(entry.id, entry.backbone, entry.filename, entry.size, entry.preprocessing.name, entry.licence, Text(str(cached)) if cached else "no")
     table.add_row("synthetic", "any", "—", "—", "imagenet-rgb", "n/a", "built in (timing only)")
     out.print(table)
 
@@ -775,9 +857,9 @@ def weights_where() -> None:
     from onnxstyle.weights import CATALOGUE, search_paths
 
     for entry in CATALOGUE.values():
-        out.print(f"[bold]{entry.id}[/]  {entry.url}", highlight=False)
+        out.print(Text.assemble((entry.id, "bold"), f"  {entry.url}"), highlight=False)
         for path in search_paths(entry):
-            out.print(f"  {path}{'  (present)' if path.is_file() else ''}", highlight=False)
+            out.print(f"  {path}{'  (present)' if path.is_file() else ''}", highlight=False, markup=False)
 
 
 @weights_app.command("verify")
@@ -785,41 +867,72 @@ def weights_verify(
     ids: Annotated[Optional[list[str]], typer.Argument(help="Catalogue ids or files (default: every cached entry).")] = None,
 ) -> None:
     """Re-hash cached weight files against the catalogue, or check that a file loads; non-zero exit on any failure."""
-    from onnxstyle.errors import WeightsError
+    from onnxstyle.errors import WeightsError, WeightsNotFoundError, first_line
     from onnxstyle.weights import CATALOGUE, find_cached, verify
 
     targets = ids or [entry.id for entry in CATALOGUE.values() if find_cached(entry)]
     if not targets:
-        out.print("no weight files are cached; nothing to verify (see: onnxstyle weights where)")
-        return
-    failures = 0
+        raise WeightsNotFoundError("no weight files are cached, so nothing was verified (see: onnxstyle weights where)")
+    failures: list[tuple[str, WeightsError]] = []
     for target in targets:
         try:
-            out.print(f"ok  {target}: {verify(target)}", highlight=False)
+            out.print(f"ok  {target}: {verify(target)}", highlight=False, markup=False)
         except WeightsError as error:
-            failures += 1
-            out.print(f"bad {target}: {str(error).splitlines()[0]}", highlight=False)
+            failures.append((target, error))
+            out.print(f"bad {target}: {first_line(error)}", highlight=False, markup=False)
     if failures:
-        raise typer.Exit(5)
+        target, error = failures[0]
+        raise type(error)(f"{len(failures)} of {len(targets)} failed verification; the first, {target}: {first_line(error)}")
+
+
+def _parser_exceptions() -> Any:
+    """The exception module of the click that parses our flags: typer ≥ 0.22 carries its own copy, older typer uses click."""
+    try:
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
 
 
 def main() -> None:
     """Console entry point: typed errors print one line and exit with their code, never a traceback.
 
-    SIGTERM (a CI timeout, ``kill``) is taken as Ctrl-C: every command keeps what it finished.
+    SIGTERM (a CI timeout, ``kill``) is taken as Ctrl-C: every command keeps what it finished, and the line says which came.
     """
     import signal
 
+    from onnxstyle.errors import Interrupted, interruption, note_interruption
+
+    note_interruption("Ctrl-C")
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    parsing = _parser_exceptions()
     try:
-        app()
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except parsing.NoArgsIsHelpError as error:
+        out.print(error.ctx.get_help(), highlight=False, markup=False)
+        sys.exit(error.exit_code)
+    except parsing.ClickException as error:
+        # click's own box is drawn at 80 columns and split over lines: a bad flag is one line like every other error
+        context = getattr(error, "ctx", None)
+        hint = f" (see: {context.command_path} --help)" if isinstance(error, parsing.UsageError) and context is not None else ""
+        err.print("error: ", style="red", end="")
+        err.print(f"{error.format_message()}{hint}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(error.exit_code)
+    except typer.Abort:
+        err.print("error: ", style="red", end="")
+        err.print(f"interrupted ({interruption()})", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(Interrupted.exit_code)
     except OnnxstyleError as error:
+        text = f"{error} ({interruption()})" if isinstance(error, Interrupted) else str(error)
         err.print("[red]error:[/] ", end="")
-        err.print(str(error), highlight=False, markup=False, soft_wrap=True)
+        err.print(text, highlight=False, markup=False, soft_wrap=True)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
-        err.print("[red]interrupted[/]")
-        sys.exit(130)
+        err.print("[red]error:[/] ", end="")
+        err.print(f"interrupted ({interruption()})", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(Interrupted.exit_code)
     finally:
         signal.signal(signal.SIGTERM, previous)
 

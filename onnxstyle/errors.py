@@ -8,13 +8,15 @@ from __future__ import annotations
 
 
 def first_line(error: BaseException) -> str:
-    """The first non-empty line of an error, cut to 300 characters: what a table cell or a log line can hold."""
+    """The first non-empty line of an error; another library's is cut to 300 characters (what a table cell or a log
+    line can hold), ours never: it is written as one line, and the path it names and what is wrong come whole."""
     text = str(error).strip() or type(error).__name__
+    limit = None if isinstance(error, OnnxstyleError) else 300
     for line in text.splitlines():
         line = line.strip()
         if line:
-            return line[:300]
-    return text[:300]
+            return line[:limit]
+    return text[:limit]
 
 
 class OnnxstyleError(Exception):
@@ -99,6 +101,22 @@ class Interrupted(OnnxstyleError):
 
     exit_code = 130
     meaning = "interrupted (Ctrl-C or SIGTERM): what was finished is kept"
+
+
+# What interrupted this process: the CLI turns SIGTERM into KeyboardInterrupt (every command then keeps what it
+# finished), so the exception cannot tell; messages and cell reasons read the signal from here.
+_interruption = "Ctrl-C"
+
+
+def note_interruption(cause: str) -> None:
+    """Record what is about to interrupt this process ("Ctrl-C", "SIGTERM"), before KeyboardInterrupt is raised."""
+    global _interruption
+    _interruption = cause
+
+
+def interruption() -> str:
+    """What interrupted this process: "SIGTERM" when the CLI's handler said so, else "Ctrl-C"."""
+    return _interruption
 
 
 def exit_code_table() -> list[tuple[int, str, str]]:

@@ -16,13 +16,14 @@ from onnxstyle.errors import UsageError
 
 def forward_flops(backbone: BackboneSpec, layers: Sequence[str], width: int, height: int) -> float:
     """Convolution FLOPs (2 per multiply-add) of the truncated network's forward pass."""
+    if (problem := backbone.size_problem(layers, width, height)) is not None:
+        raise UsageError(problem)
     total = 0.0
     for layer in backbone.truncated(layers):
         if layer.kind != "conv":
             continue
         shape = backbone.feature_shape(layer.name, height, width)
-        if shape is None:
-            raise UsageError(f"{width}x{height} is too small for {backbone.name} up to {layer.name}")
+        assert shape is not None
         channels, rows, cols = shape
         total += 2.0 * layer.in_channels * channels * layer.kernel * layer.kernel * rows * cols
     return total

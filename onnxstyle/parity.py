@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from onnxstyle.backbones import BackboneSpec
-from onnxstyle.errors import first_line
+from onnxstyle.errors import OnnxstyleError, ProviderError, UsageError, first_line
 from onnxstyle.report.formats import FileContent
 from onnxstyle.runners import Runner
 from onnxstyle.weights import resolve
@@ -22,47 +22,101 @@ from onnxstyle.weights import resolve
 
 @dataclass
 class ParityRow:
+    """One runner at one model and size: its errors against the reference, or why it has none."""
+
     model: str
-    size: int
+    width: int
+    height: int
     runner: str
     precision: str
+    status: str = "ok"  # ok | failed | skipped
     loss_error: float | None = None
     grad_error: float | None = None
     seconds: float | None = None
-    error: str = ""
+    error: str = ""  # why the row failed or was skipped
+    error_code: int | None = None  # the exit code of the failure's error class
+
+    @property
+    def reason(self) -> str:
+        """``error`` by the name bench cells use, so the bench's "nothing measured" rule reads rows too."""
+        return self.error
+
+
+@dataclass(frozen=True)
+class ParityPlan:
+    """What a parity run is asked to do, every option checked before the reference is computed."""
+
+    runners: list[Runner]
+    models: list[BackboneSpec]
+    sizes: list[tuple[int, int]]  # (width, height)
+    precision: str = "fp32"
+    skipped: dict[Runner, str] = field(default_factory=dict)  # ``all``: runners not usable here, with why
+
+
+def parity_plan(*, provider: str, model: str, sizes: str, precision: str, threads: int | None = None) -> ParityPlan:
+    """Parse and check as ``bench`` does: an unusable runner named, a precision no runner can run, or a size no
+    model can run is one line before any work."""
+    from onnxstyle.bench.options import check_sizes, check_threads, parse_models, parse_precisions, parse_sizes
+    from onnxstyle.runners import check_precisions, select_runners
+
+    models = parse_models(model)
+    size_list = parse_sizes(sizes)
+    check_sizes(models, size_list)
+    precisions = parse_precisions(precision)
+    if len(precisions) != 1:
+        raise UsageError(f"parity takes one precision, got {precision} (run it once per precision)")
+    check_threads(threads)
+    runners, skipped = select_runners(provider)
+    check_precisions(runners, precisions)
+    return ParityPlan(runners, models, size_list, precisions[0], skipped)
 
 
 def gradient_parity(
-    *, runners: list[Runner], models: list[BackboneSpec], sizes: list[int], precision: str = "fp32", weights: str = "auto",
-    threads: int | None = None, on_row: Any = None,
+    plan: ParityPlan, *, weights: str = "auto", threads: int | None = None, on_row: Callable[[ParityRow], None] | None = None
 ) -> list[ParityRow]:
-    """Each runner's loss and gradient against torch fp32 on the CPU; a runner that fails gets its error in its row."""
+    """Each runner's loss and gradient against torch fp32 on the CPU; a runner that fails, or cannot run the
+    precision or the size, gets a row saying why."""
     import torch
 
     from onnxstyle.bench.loops import gradient_check_images, reference_gradient, runner_loss_and_grad
     from onnxstyle.engines import EngineSpec
     from onnxstyle.exporters.validation import relative_error
+    from onnxstyle.runners import precision_support
 
-    rows = []
-    for backbone in models:
+    rows: list[ParityRow] = []
+
+    def add(row: ParityRow) -> None:
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+
+    for backbone in plan.models:
         spec = EngineSpec.defaults(backbone, resolve(weights, backbone))
-        for size in sizes:
-            side = max(size, backbone.min_size(spec.layers))
-            content, style, image = gradient_check_images(side)
+        for width, height in plan.sizes:
+            for runner, reason in plan.skipped.items():
+                add(ParityRow(backbone.name, width, height, runner.label, plan.precision, status="skipped", error=reason))
+            if (problem := backbone.size_problem(spec.layers, width, height)) is not None:
+                for runner in plan.runners:
+                    add(ParityRow(backbone.name, width, height, runner.label, plan.precision, status="skipped", error=problem))
+                continue
+            content, style, image = gradient_check_images(width, height)
             targets, expected_terms, expected_grad = reference_gradient(spec, content, style, image, threads)
-            for runner in runners:
-                row = ParityRow(backbone.name, side, runner.label, precision)
+            for runner in plan.runners:
+                row = ParityRow(backbone.name, width, height, runner.label, plan.precision)
+                if (unsupported := precision_support(runner, plan.precision)) is not None:
+                    row.status, row.error = "skipped", unsupported
+                    add(row)
+                    continue
                 started = time.perf_counter()
                 try:
-                    loss, grad = runner_loss_and_grad(runner, spec, targets, content, style, image, threads, precision)
+                    loss, grad = runner_loss_and_grad(runner, spec, targets, content, style, image, threads, plan.precision)
                     row.loss_error = abs(loss - expected_terms.total) / abs(expected_terms.total)
                     row.grad_error = float(relative_error(grad.detach().cpu().numpy(), expected_grad.numpy()))
                 except Exception as error:  # ORT's run errors derive from Exception; a failed runner is a row, not a crash
-                    row.error = first_line(error)
+                    row.status, row.error = "failed", first_line(error)
+                    row.error_code = error.exit_code if isinstance(error, OnnxstyleError) else ProviderError.exit_code
                 row.seconds = time.perf_counter() - started
-                rows.append(row)
-                if on_row is not None:
-                    on_row(row)
+                add(row)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
     return rows
@@ -78,11 +132,11 @@ def parity_markdown(rows: list[ParityRow], system: dict[str, object]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        if row.error:
-            lines.append(f"| {row.model} | {row.size} px | {row.runner} | {row.precision} | failed: {row.error} | – | – |")
+        if row.status != "ok":
+            lines.append(f"| {row.model} | {row.width}x{row.height} | {row.runner} | {row.precision} | {row.status}: {row.error} | – | – |")
         else:
             lines.append(
-                f"| {row.model} | {row.size} px | {row.runner} | {row.precision} | {row.grad_error:.1e} | {row.loss_error:.1e} | {row.seconds:.1f} |"
+                f"| {row.model} | {row.width}x{row.height} | {row.runner} | {row.precision} | {row.grad_error:.1e} | {row.loss_error:.1e} | {row.seconds:.1f} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -92,9 +146,14 @@ def parity_files(rows: list[ParityRow], system: dict[str, object]) -> dict[str, 
     return {"json": json.dumps(document, indent=1) + "\n", "md": parity_markdown(rows, system)}
 
 
+def measured(rows: list[ParityRow]) -> int:
+    """Rows that measured something: what decides whether a report may replace another, and the exit code."""
+    return sum(row.status == "ok" for row in rows)
+
+
 def rows_in(path: Path) -> float:
-    """Rows an existing parity report holds (unreadable: never replaced)."""
+    """Measured rows an existing parity report holds (unreadable: never replaced)."""
     try:
-        return len(json.loads(path.read_text())["rows"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return sum(not row.get("error") for row in json.loads(path.read_text())["rows"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return float("inf")

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from onnxstyle.backbones import get_backbone
+from onnxstyle.bench.options import check_counts, check_threads
 from onnxstyle.errors import UsageError
 
 
@@ -98,16 +99,15 @@ def profile_loss(
     from onnxstyle.sysinfo import default_threads
     from onnxstyle.weights import resolve
 
-    if runs <= 0 or warmup < 0:
-        raise UsageError(f"--runs must be positive and --warmup not negative, got {runs} and {warmup}")
+    check_counts(runs, warmup)
+    check_threads(threads)
     backbone = get_backbone(model)
     spec = EngineSpec.defaults(backbone, resolve(weights, backbone))
     width, height = size
-    minimum = backbone.min_size(spec.layers)
-    if min(width, height) < minimum:
-        raise UsageError(f"{width}x{height} is too small for {backbone.name}: needs at least {minimum}x{minimum}")
+    if (problem := backbone.size_problem(spec.layers, width, height)) is not None:
+        raise UsageError(problem)
     with tempfile.TemporaryDirectory(prefix="onnxstyle-profile-") as directory:
-        config = ProviderConfig(canonical(provider), threads=threads or default_threads(), profile_prefix=str(Path(directory) / "loss"))
+        config = ProviderConfig(canonical(provider), threads=min(threads or default_threads(), default_threads()), profile_prefix=str(Path(directory) / "loss"))
         engine = OnnxRuntimeEngine(spec, config, [(height, width)], winograd=winograd)
         content, style = demo_pair(width, height)
         engine.set_targets(engine.build_targets(content, [style], [1.0], spec.loss_weights()))

@@ -24,6 +24,7 @@ from onnxstyle.engines.base import EngineSpec, Targets
 from onnxstyle.errors import first_line
 from onnxstyle.exporters.validation import relative_error
 from onnxstyle.losses import gram_matrix, objective
+from onnxstyle.plugin_eps import ep_name_of
 from onnxstyle.precision import PROVIDER_PARITY_TOLERANCE, TF32_ERROR_FLOOR, set_tf32, tf32_override
 from onnxstyle.providers import (
     DYNAMIC_SHAPE_PROVIDERS,
@@ -239,7 +240,7 @@ def _compare(check: ProviderCheck, problem: CheckProblem, loss: float, grad: np.
     if check.tf32:
         worst = max(check.tf32_errors.items(), key=lambda item: item[1])
         check.problems.append(
-            f"fp32 was asked for, but its {worst[0]} is {worst[1]:.1e} from float64, as TF32 rounds (fp32 lands below {TF32_ERROR_FLOOR:g})"
+            f"fp32 was asked for, but its {worst[0]} is {worst[1]:.1e} from float64, as TF32 or bf16 rounds (fp32 lands below {TF32_ERROR_FLOOR:g})"
         )
 
 
@@ -257,12 +258,15 @@ def check_ort_provider(status: ProviderStatus, problem: CheckProblem, threads: i
             engine = OnnxRuntimeEngine(problem.spec, config, [(side, side)], winograd=False)
             engine.set_targets(problem.targets)
             terms, grad = engine.loss_and_grad(problem.image.to(engine.device))
-            check.placement = read_placement(Path(engine.end_profiling("loss")), status.name)
+            # what the plugin claimed: ORT's profiler names the EP that ran each node (OpenVINO: its fused subgraphs)
+            check.placement = read_placement(Path(engine.end_profiling("loss")), ep_name_of(status.name))
             check.tf32_errors = ort_tf32_errors(ProviderConfig(status.name, threads=threads))
         except Exception as error:  # ORT's Fail/RuntimeException/EPFail derive from Exception, not RuntimeError
-            check.usable, check.reason = False, f"the loss graph fails: {first_line(error)}"
+            # usable by the probe, yet our graph fails on it: a problem of the check (exit 8), not an unusable provider
+            check.reason = f"the loss graph fails: {first_line(error)}"
+            check.problems.append(check.reason)
             return check
-    check.problems += placement_problems(check.placement, status.name)
+    check.problems += placement_problems(check.placement, ep_name_of(status.name))
     _compare(check, problem, terms.total, grad.detach().cpu().numpy())
     return check
 
@@ -277,7 +281,8 @@ def check_torch_cuda(problem: CheckProblem) -> ProviderCheck:
         terms, grad = engine.loss_and_grad(problem.image)
         check.tf32_errors = torch_tf32_errors(engine.device)
     except Exception as error:  # a CUDA error or out-of-memory is a finding here, not a crash
-        check.usable, check.reason = False, first_line(error)
+        check.reason = f"the loss graph fails: {first_line(error)}"
+        check.problems.append(check.reason)
         return check
     _compare(check, problem, terms.total, grad.detach().cpu().numpy())
     return check

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from onnxstyle.backbones import BackboneSpec, Pooling, get_backbone, parse_layers
+from onnxstyle.bench.options import check_threads
 from onnxstyle.engines import EngineSpec, create_engine, engine_name
 from onnxstyle.errors import ImageError, Interrupted, NumericalError, OutputError, UsageError
 from onnxstyle.files import same_file
@@ -57,16 +58,25 @@ class StylizeResult:
     final: LossTerms | None = None
     saved: list[Path] = field(default_factory=list)
     image: torch.Tensor | None = field(default=None, repr=False)  # the written image in float, before 8-bit rounding
+    ended_by: Literal["iterations", "time"] = "iterations"
+
+    @property
+    def best_loss(self) -> float:
+        """The loss of the written image: the lowest evaluated, not the last (a line search or Adam may overshoot)."""
+        return min(self.losses) if self.losses else math.nan
 
     @property
     def loss_reduction(self) -> float:
-        return 1.0 - self.losses[-1] / self.losses[0] if self.losses and self.losses[0] else 0.0
+        return 1.0 - self.best_loss / self.losses[0] if self.losses and self.losses[0] else 0.0
 
 
 ProgressCallback = Callable[[int, int, LossTerms], None]
 
 
 MAX_SEED = 2**64 - 1
+MAX_TIME_SECONDS = 30 * 24 * 3600.0
+# --max-time without --iterations: the budget alone ends the run (an L-BFGS history never gets this long).
+TIME_BOUND_ITERATIONS = 10**9
 
 
 def _finite(name: str, value: float, *, positive: bool = False) -> float:
@@ -120,6 +130,7 @@ class StylizeConfig:
     tile: int | None = None
     cuda_graph: bool = False
     cluster: str | None = None  # a Ray address or "local": the tiles run on the cluster's nodes (onnxstyle.cluster)
+    max_time: float | None = None  # wall seconds for the whole run, set-up included; the best image so far is written
 
     def __post_init__(self) -> None:
         setattr_ = object.__setattr__
@@ -143,8 +154,9 @@ class StylizeConfig:
             raise UsageError(f"unknown pooling '{self.pooling}'; choose max or avg")
         if self.save_every < 0:
             raise UsageError(f"--save-every cannot be negative, got {self.save_every}")
-        if self.threads is not None and self.threads <= 0:
-            raise UsageError(f"--threads must be positive, got {self.threads}")
+        if self.max_time is not None and (_finite("max-time", self.max_time, positive=True) > MAX_TIME_SECONDS):
+            raise UsageError(f"--max-time must be at most {MAX_TIME_SECONDS:.0f} seconds (30 days), got {self.max_time:g}")
+        check_threads(self.threads)
         if self.threads is not None and self.cluster is None:  # on a cluster, threads are the nodes' to cap
             setattr_(self, "threads", min(self.threads, default_threads()))
         if self.tile is not None and self.tile < 0:
@@ -152,8 +164,9 @@ class StylizeConfig:
         if self.cuda_graph and self.tile:
             raise UsageError("CUDA graphs replay one fixed-shape run; they cannot be combined with tiling (use --tile 0)")
         if self.cluster is not None:
-            if not self.cluster.strip():
-                raise UsageError("--cluster needs an address (HOST:PORT, ray://HOST:PORT) or local")
+            from onnxstyle.cluster import parse_address
+
+            parse_address(self.cluster)
             if self.tile == 0 or self.cuda_graph:
                 raise UsageError("--cluster runs the image tile by tile; it cannot be combined with --tile 0 or --cuda-graph")
         if self.engine == "torch" and self.cluster is None:  # on a cluster, the nodes' devices count, not the driver's
@@ -224,9 +237,12 @@ def stylize(
     init: str | torch.Tensor = "random",
     progress: ProgressCallback | None = None,
     config: StylizeConfig | None = None,
+    deadline: float | None = None,
     **options: Any,
 ) -> StylizeResult:
     """Stylise ``content`` with one or more ``styles`` and write ``output``; returns the loss history.
+
+    ``deadline`` (``time.perf_counter()`` units) ends the optimisation; without it, ``max_time`` counts from this call.
 
     ``options`` are :class:`StylizeConfig`'s fields (or pass ``config``). Everything is checked before any
     work: options, the output (never one of the inputs), and that the image fits in memory, tiled if
@@ -234,17 +250,15 @@ def stylize(
     interrupted before improving on it leaves an existing file as it was.
     """
     config = config or _config(options)
+    if deadline is None and config.max_time is not None:
+        deadline = time.perf_counter() + config.max_time
     output, blend = _check_outputs(config, content, styles, output, init)
     backbone = config.backbone
     layers = [*(config.content_layers or ()), *(config.style_layers or ())]
     content_image = resize(load_image(content), size if isinstance(size, tuple) else parse_size(size))
-    minimum = backbone.min_size(layers)
-    if min(content_image.size) < minimum:
-        raise ImageError(
-            f"image {content_image.width}x{content_image.height} is too small for layers up to "
-            f"{backbone.truncated(layers)[-1].name} of {backbone.name}: needs at least {minimum}x{minimum}"
-        )
-    style_side = max(minimum, round(max(content_image.size) * config.style_scale))
+    if (problem := backbone.size_problem(layers, content_image.width, content_image.height)) is not None:
+        raise ImageError(f"image {problem}")
+    style_side = max(backbone.min_size(layers), round(max(content_image.size) * config.style_scale))
     if style_side**2 > pixel_limit():
         raise UsageError(
             f"--style-scale {config.style_scale:g} makes the style image {style_side} px on its long side, over the "
@@ -271,7 +285,7 @@ def stylize(
             cuda_graph=config.cuda_graph,
         )
     try:
-        return _stylize_with(engine, config, spec, content_image, style_images, blend, init, output, progress, resolved)
+        return _stylize_with(engine, config, spec, content_image, style_images, blend, init, output, progress, resolved, deadline)
     finally:
         if config.cluster is not None:
             engine.cluster.close()
@@ -279,11 +293,11 @@ def stylize(
 
 def _stylize_with(
     engine: Any, config: StylizeConfig, spec: EngineSpec, content_image: Image.Image, style_images: list[Image.Image], blend: list[float],
-    init: str | torch.Tensor, output: Path, progress: ProgressCallback | None, resolved: ResolvedWeights,
+    init: str | torch.Tensor, output: Path, progress: ProgressCallback | None, resolved: ResolvedWeights, deadline: float | None,
 ) -> StylizeResult:
     loss_weights = LossWeights((config.content_weight,) * len(spec.content_layers), (config.style_weight,) * len(spec.style_layers), config.tv_weight)
     engine.set_targets(engine.build_targets(to_tensor(content_image), [to_tensor(image) for image in style_images], blend, loss_weights))
-    run = _Optimisation(engine, config, _start_image(init, content_image, config.seed), output, content_image, progress)
+    run = _Optimisation(engine, config, _start_image(init, content_image, config.seed), output, content_image, progress, deadline)
     run.optimise()
     return StylizeResult(
         output=output,
@@ -296,6 +310,7 @@ def _stylize_with(
         final=run.last_terms,
         saved=run.saved,
         image=run.best.detach().cpu().clone(),
+        ended_by=run.ended_by,
     )
 
 
@@ -307,7 +322,7 @@ def _check_outputs(
         raise UsageError("at least one style image is needed")
     inputs = _inputs(content, styles, init)
     checked = check_writable(Path(output), inputs)
-    for step in range(config.save_every, config.iterations, config.save_every) if config.save_every else ():
+    for step in _existing_snapshot_steps(checked, config) if config.save_every else ():
         clash = next((source for source in inputs if Path(source).exists() and same_file(snapshot_path(checked, step), source)), None)
         if clash is not None:
             raise OutputError(f"--save-every {config.save_every} would write {snapshot_path(checked, step)}, which is an input; choose another output")
@@ -315,6 +330,20 @@ def _check_outputs(
     if len(blend) != len(styles):
         raise UsageError(f"--style-blend-weights has {len(blend)} value(s) but {len(styles)} style image(s) were given")
     return checked, blend
+
+
+def _existing_snapshot_steps(output: Path, config: StylizeConfig) -> list[int]:
+    """The ``--save-every`` steps whose snapshot file already exists: only those can be an input (or link to one).
+
+    Read from the folder rather than counted up to ``iterations``, which a ``--max-time`` run sets to 10⁹.
+    """
+    prefix = f"{output.stem}_"
+    steps = []
+    for candidate in output.parent.glob(f"{prefix}*{output.suffix}"):
+        number = candidate.name[len(prefix) : len(candidate.name) - len(output.suffix)]
+        if number.isdigit() and str(int(number)) == number and int(number) % config.save_every == 0 and 0 < int(number) < config.iterations:
+            steps.append(int(number))
+    return sorted(steps)
 
 
 def _start_image(init: str | torch.Tensor, content_image: Image.Image, seed: int) -> torch.Tensor:
@@ -328,13 +357,17 @@ def _start_image(init: str | torch.Tensor, content_image: Image.Image, seed: int
     return to_tensor(resize(load_image(init), (content_image.width, content_image.height)))
 
 
+class _OutOfTime(Exception):
+    """Raised inside the optimiser's closure when the wall-time budget is spent: L-BFGS has no other way out."""
+
+
 class _Optimisation:
-    """One optimisation of the pixels: the loss history, the image of the last good evaluation, and the rule
+    """One optimisation of the pixels: the loss history, the image with the lowest loss so far, and the rule
     that an output is only ever written with an image better than the start."""
 
     def __init__(
         self, engine: Any, config: StylizeConfig, start: torch.Tensor, output: Path, content_image: Image.Image,
-        progress: ProgressCallback | None,
+        progress: ProgressCallback | None, deadline: float | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
@@ -343,6 +376,9 @@ class _Optimisation:
         self.progress = progress
         self.pixels = start.to(engine.device).clone().requires_grad_(True)
         self.best = self.pixels.detach().clone()
+        self.best_loss = math.inf
+        self.deadline = deadline
+        self.ended_by: Literal["iterations", "time"] = "iterations"
         self.losses: list[float] = []
         self.saved: list[Path] = []
         self.last_terms: LossTerms | None = None
@@ -355,9 +391,8 @@ class _Optimisation:
         return save_image(picture, path)
 
     def improved(self) -> bool:
-        """Whether the last evaluated image is worth writing: better than the start."""
-        last = self.losses[-1] if self.losses else None
-        return last is not None and math.isfinite(last) and last < self.losses[0]
+        """Whether the best image is worth writing: better than the start."""
+        return bool(self.losses) and self.best_loss < self.losses[0]
 
     def closure(self) -> torch.Tensor:
         terms, grad = self.engine.loss_and_grad(self.pixels.detach())
@@ -365,13 +400,15 @@ class _Optimisation:
         if not math.isfinite(terms.total) or not bool(torch.isfinite(grad).all()):
             if self.improved():
                 self.finish(self.best, output)
-                kept = f"saved the last good image (loss {losses[-1]:.4g}) to {output}"
+                kept = f"saved the best image (loss {self.best_loss:.4g}) to {output}"
             else:
                 kept = f"nothing better than the start to save; {output} was not written"
             raise NumericalError(
                 f"loss became {terms.total} at evaluation {len(losses) + 1}; {kept} (try a smaller learning rate or weights)"
             )
-        self.best.copy_(self.pixels.detach())
+        if terms.total < self.best_loss:
+            self.best.copy_(self.pixels.detach())
+            self.best_loss = terms.total
         losses.append(terms.total)
         self.last_terms = terms
         # L-BFGS sees the loss in units of the first one: its curvature test (s·y > 1e-10) and first step
@@ -384,6 +421,8 @@ class _Optimisation:
             self.progress(step, self.config.iterations, terms)
         if every and step % every == 0 and step < self.config.iterations:
             self.saved.append(self.finish(self.pixels.detach(), snapshot_path(output, step)))
+        if self.deadline is not None and time.perf_counter() >= self.deadline:
+            raise _OutOfTime
         return torch.tensor(terms.total / scale)
 
     def optimise(self) -> None:
@@ -406,16 +445,23 @@ class _Optimisation:
                     adam.zero_grad(set_to_none=True)
                     self.closure()
                     adam.step()
+        except _OutOfTime:
+            self.ended_by = "time"
+            if not self.improved():
+                raise UsageError(
+                    f"--max-time {self.config.max_time:g} ran out after {len(self.losses)} evaluation(s), before any improvement on the "
+                    f"start; {output} was not written (give more time: set-up alone took part of it)"
+                ) from None
         except KeyboardInterrupt:
             count = len(self.losses)
             if self.improved():
                 self.finish(self.best, output)
-                raise Interrupted(f"interrupted after {count} iteration(s); saved the last evaluated image to {output}") from None
+                raise Interrupted(f"interrupted after {count} iteration(s); saved the best image so far to {output}") from None
             raise Interrupted(f"interrupted after {count} iteration(s), before any improvement; {output} was not written") from None
         self.seconds = time.perf_counter() - started
         if not self.improved() and len(self.losses) > 1:
             raise NumericalError(
-                f"the loss rose from {self.losses[0]:.4g} to {self.losses[-1]:.4g} over {len(self.losses)} iterations; {output} was not written "
+                f"the loss never fell below its start {self.losses[0]:.4g} over {len(self.losses)} iterations; {output} was not written "
                 "(try a smaller learning rate)"
             )
         self.finish(self.best, output)
@@ -486,6 +532,7 @@ def stylize_scales(
     init: str | torch.Tensor = "random",
     progress: ProgressCallback | None = None,
     config: StylizeConfig | None = None,
+    deadline: float | None = None,
     **options: Any,
 ) -> StylizeResult:
     """Multi-resolution: each scale starts from the previous result upsampled; the last one is ``output``.
@@ -497,10 +544,15 @@ def stylize_scales(
     VGG19 (vgg19-q8) 128 → 256 px, 60 + 30 Adam steps: 1.88e7 at the end against 9.88e6 afresh; NIN
     64 → 96 px: the loss rose. Every scale is checked before the first starts (outputs, memory), and the
     weights are resolved and hashed once.
+
+    Under ``max_time`` (or ``deadline``) each scale gets the share of the time left that its planned work
+    (pixels × iterations) is of the work left, so the coarse scales cannot eat the final one's time.
     """
     output = Path(output)
     counts = scale_iterations(iterations, len(scales))
     config = replace(config or _config(options), iterations=counts[0])
+    if deadline is None and config.max_time is not None:
+        deadline = time.perf_counter() + config.max_time
     inputs = _inputs(content, styles, init)
     paths = [output if index == len(scales) - 1 else scale_path(output, scale) for index, scale in enumerate(scales)]
     for path in paths:
@@ -510,14 +562,21 @@ def stylize_scales(
     config = replace(config, weights=resolved)
     spec = EngineSpec(backbone, tuple(config.content_layers or ()), tuple(config.style_layers or ()), config.pooling, resolved)
     source = load_image(content)
-    for scale in scales:
+    work = []
+    for scale, count in zip(scales, counts, strict=True):
         width, height = resize_dimensions(source.size, scale)
+        if (problem := backbone.size_problem(spec.layers, width, height)) is not None:
+            raise ImageError(f"--scales {scale}: image {problem}")
         _tile_for(spec, config, height, width)
+        work.append(float(width * height * count))
     results: list[StylizeResult] = []
     for index, (scale, count, path) in enumerate(zip(scales, counts, paths, strict=True)):
         previous = results[-1] if results else None
         start: str | torch.Tensor = init if previous is None or previous.image is None else previous.image
-        results.append(stylize(content, styles, path, size=scale, init=start, progress=progress, config=replace(config, iterations=count)))
+        share = None if deadline is None else time.perf_counter() + (deadline - time.perf_counter()) * work[index] / sum(work[index:])
+        results.append(
+            stylize(content, styles, path, size=scale, init=start, progress=progress, config=replace(config, iterations=count), deadline=share)
+        )
     last = results[-1]
     return StylizeResult(
         output=last.output,
@@ -530,6 +589,7 @@ def stylize_scales(
         final=last.final,
         saved=[result.output for result in results[:-1]] + [path for result in results for path in result.saved],
         image=last.image,
+        ended_by=last.ended_by,
     )
 
 

@@ -321,6 +321,8 @@ class TiledEngine(Engine):
         gram_sums: dict[str, torch.Tensor] = {}
         content: dict[str, torch.Tensor] = {}
         backbone = self.spec.backbone
+        if (problem := backbone.size_problem(self.spec.layers, width, height)) is not None:
+            raise UsageError(problem)
         tiles = list(self.plan(height, width).tiles())
         for tile, (sums, features) in zip(tiles, self.executor.statistics([(tile, tile.crop(image)) for tile in tiles], with_content), strict=True):
             for layer, value in sums.items():

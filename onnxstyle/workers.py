@@ -81,7 +81,9 @@ class Worker:
         self.label = label
         self.log_path = log_dir / f"{label}-{secrets.token_hex(3)}.log"
         key = secrets.token_bytes(32)
-        self._listener = mpc.Listener(authkey=key)
+        # On Linux an abstract socket, named by no path: a long TMPDIR cannot push it past a socket path's 107 bytes.
+        address = f"\0onnxstyle-{secrets.token_hex(8)}" if sys.platform == "linux" else None
+        self._listener = mpc.Listener(address, family="AF_UNIX" if address else None, authkey=key)
         self._connection: mpc.Connection | None = None
         self._stage = "start-up"
         self._preload = preload
@@ -91,7 +93,7 @@ class Worker:
         env = {**os.environ, **(environment or {}), KEY_VARIABLE: key.hex(), "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "onnxstyle.workers", str(self._listener.address).encode().hex(), str(os.getpid())],
+                [sys.executable, "-m", "onnxstyle.workers", str(address or self._listener.address).encode().hex(), str(os.getpid())],
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **_detached(),
             )
         _live.add(self)
@@ -121,8 +123,9 @@ class Worker:
         while thread.is_alive() and time.monotonic() < deadline and self.process.poll() is None:
             thread.join(0.05)
         if not accepted:
+            timed_out = thread.is_alive() and self.process.poll() is None  # else it died (a SIGKILL says so) or refused us
             self.kill()
-            raise self._failure(f"did not start within {seconds:.0f} s" if self.process.returncode in (None, -signal.SIGKILL) else None)
+            raise self._failure(f"did not start within {seconds:.0f} s" if timed_out else None)
         self._connection = accepted[0]
 
     def start(self, factory: str, timeout: float, **kwargs: Any) -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU acceptance run (issue 15), prepared to run unattended on a CUDA machine without network:
 #   env → providers --check → gradient parity (256, 1024 px) → bench A (fp32) → bench B (tf32/fp16/bf16)
-#   → bench C (CUDA graphs) → one tarball of the reports.
+#   → bench C (CUDA graphs) → the GPU plugin EPs (TensorRT-RTX, WebGPU) where installed → one tarball of the reports.
 #
 # Usage: scripts/gpu-acceptance.sh [WHEEL_DIR] [OUT_DIR]
 #   WHEEL_DIR  onnxruntime-gpu to use instead of the machine's onnxruntime, installed into a target folder without
@@ -55,6 +55,9 @@ if [ "$dry" = 1 ]; then
     prefix=dryrun-cpu
     ort=cpu torch_runner=torch eager=eager graph=() vgg=nin
     parity_sizes=64 sizes_a=64 sizes_b=64 sizes_c=64 models=nin precisions_b=fp16,bf16 runners_b=cpu,torch
+    # a CPU without AVX-512-BF16/AMX has no bf16 runner, and bench refuses a precision no selected runner can run
+    "$python" -c 'import sys; from onnxstyle.precision import supported; sys.exit("bf16" not in supported("torch", "cpu")[0])' \
+        2>>"$log" || precisions_b=fp16
     timing=(--duration 0.2 --runs 1 --warmup 0)
 else
     gpu=$("$python" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')" 2>>"$log")
@@ -117,6 +120,22 @@ if [ -f "$out_dir/$prefix-bench-fp32.json" ] && [ -f "$out_dir/$prefix-bench-cud
     timeout 60 "${onnxstyle[@]}" report compare "$out_dir/$prefix-bench-fp32.json" "$out_dir/$prefix-bench-cuda-graph.json" \
         --plot "$out_dir/$prefix-cuda-graph-vs-plain.png" >"$out_dir/$prefix-cuda-graph-vs-plain.txt" 2>>"$log"
 fi
+# GPU plugin EPs: installed (or carried in on PYTHONPATH) or not, whether each lists a device here is recorded; one that
+# does is measured beside the built-in provider. An absent or deviceless plugin is a finding, not a failed stage.
+timeout 120 "${onnxstyle[@]}" providers --json >"$out_dir/$prefix-plugin-eps.json" 2>>"$log"
+for plugin in tensorrt-rtx webgpu; do
+    verdict=$("$python" -c '
+import json, sys
+rows = {row["provider"]: row for row in json.load(open(sys.argv[1])) if row["engine"] == "onnxruntime"}
+row = rows.get(sys.argv[2])
+print("not listed" if row is None else "usable" if row["usable"] else row["reason"])
+' "$out_dir/$prefix-plugin-eps.json" "$plugin" 2>>"$log" || echo "providers --json failed")
+    say "plugin $plugin: $verdict"
+    if [ "$verdict" = usable ]; then
+        stage 8 "plugin $plugin" - "${onnxstyle[@]}" bench --provider "$plugin,$ort" --model "$vgg" --sizes "$sizes_c" \
+            --precision fp32 "${timing[@]}" --out "$out_dir" --name "$prefix-bench-$plugin"
+    fi
+done
 say "done in $((SECONDS - started)) s${failed[*]:+; failed: ${failed[*]}}"
 (cd "$out_dir" && tar -czf "$prefix-reports.tar.gz" --exclude='*.tar.gz' --exclude='*.lock' -- *)
 echo "$out_dir/$prefix-reports.tar.gz"

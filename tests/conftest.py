@@ -1,8 +1,17 @@
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("ONNXSTYLE_OFFLINE", "1")
+# What the suite reads back is plain text whatever terminal it runs in: colour forced on (CI runners set these)
+# would put escape codes inside the messages and tables it asserts on.
+for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+    os.environ.pop(name, None)
+# Ray puts its sockets some 70 characters deep under TMPDIR, and a socket path holds 107 bytes: with a long temporary
+# path, the cluster tests' local Ray keeps its session under /tmp (our own worker sockets need no path at all).
+if len(tempfile.gettempdir()) > 32 and os.path.isdir("/tmp"):
+    os.environ.setdefault("RAY_TMPDIR", "/tmp")
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +41,10 @@ def cli(monkeypatch, capsys):
             monkeypatch.chdir(cwd)
         monkeypatch.setattr(sys, "argv", ["onnxstyle", *map(str, args)])
         capsys.readouterr()
+        # Consoles chosen now, for the captured streams, as the console script chooses them for a pipe: whether pytest
+        # was started on a terminal (or under `script`) cannot change a line the tests read.
+        monkeypatch.setattr(module, "out", module._console(stderr=False))
+        monkeypatch.setattr(module, "err", module._console(stderr=True))
         code = 0
         try:
             module.main()

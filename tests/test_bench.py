@@ -284,7 +284,7 @@ def test_too_small_sizes_are_skipped_not_crashed(monkeypatch):
     monkeypatch.setattr(bench, "measure_roofs", lambda *args: {})
     options = BenchOptions([Runner("torch", "cpu")], [get_backbone("vgg19")], [(8, 8)], weights="synthetic", check=False, iterations=1, runs=1)
     (cell,), _, _ = run_bench(options)
-    assert cell.status == "skipped" and "minimum" in cell.reason
+    assert cell.status == "skipped" and cell.reason == "8x8 is too small for vgg19 up to relu5_1: needs at least 16x16"
 
 
 @pytest.mark.parametrize("runner", [Runner("onnxruntime", "cpu"), Runner("eager", "cpu")])

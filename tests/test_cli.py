@@ -30,7 +30,7 @@ def test_version_and_env(cli):
         (["export", "vgg", "--opset", "21"], 2, "out of range"),
         (["stylize", "--demo", "--precision", "bf16"], 2, "onnxruntime on cpu cannot run bf16: supported fp32, fp16 (ONNX Runtime's CPU provider has no bf16 Conv"),
         (["stylize", "--demo", "--engine", "torch", "--precision", "tf32"], 2, "cannot run tf32"),
-        (["bench", "--provider", "cpu", "--precision", "bf16", "--sizes", "64"], 2, "runners that can: eager-cpu, torch-cpu"),
+        (["bench", "--provider", "cpu", "--precision", "bf16", "--sizes", "64"], 2, "no selected runner can run bf16: ort-cpu supports fp32, fp16"),
         (["stylize", "--demo", "--tile", "100"], 2, "use --tile 160 or more"),
         (["bench", "--provider", "cpu", "--model", "nin", "--tile", "64"], 2, "receptive field at relu10 (195 px)"),
         (["stylize", "--demo", "--cuda-graph"], 2, "CUDA graphs need the cuda or tensorrt provider, not cpu"),
@@ -48,6 +48,19 @@ def test_bad_input_is_one_clear_line(cli, tmp_path, args, code, message):
     assert not list(tmp_path.glob("*.png"))
 
 
+def test_a_precision_no_selected_runner_can_run_names_the_runners_that_can_here(cli, tmp_path):
+    """Which runners can run bf16 is the machine's: torch on CPUs with AVX-512-BF16/AMX and on bf16 GPUs, never ORT."""
+    import torch
+
+    from onnxstyle.precision import supported
+
+    devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    able = sorted(f"{engine}-{device}" for engine in ("eager", "torch") for device in devices if "bf16" in supported(engine, device)[0])
+    result = cli("bench", "--provider", "cpu", "--precision", "bf16", "--sizes", "64", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert (f"runners that can: {', '.join(able)}" if able else "no runner here can") in result.stderr
+
+
 def test_profile_prints_operators_and_nodes(cli, tmp_path):
     result = cli("profile", "--model", "nin", "--size", "64", "--runs", "1", "--warmup", "0", "--top", "2", "--weights", "synthetic", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -62,3 +75,32 @@ def test_demo_and_export_end_to_end(tmp_path):
     exported = run("export", "nin", "--weights", "synthetic", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
     assert len(list((tmp_path / "models").glob("nin-max-synthetic-*.loss.onnx"))) == 1
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["bench", "--nope"], "No such option: --nope"),
+        (["bench", "--runs", "abc"], "Invalid value for '--runs'"),
+        (["stylize", "--size"], "Option '--size' requires an argument"),
+        (["nocommand"], "No such command 'nocommand'"),
+        (["report", "show"], "Missing argument"),
+    ],
+)
+def test_a_bad_flag_is_one_error_line_not_a_box(cli, args, message):
+    result = cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "╭" not in result.stderr
+
+
+def test_no_arguments_shows_the_help(cli):
+    result = cli()
+    assert result.returncode == 2
+    assert "Usage:" in result.stdout and "stylize" in result.stdout
+
+
+def test_stylize_max_time_is_checked_before_any_work(cli):
+    result = cli("stylize", "--demo", "--max-time", "-5")
+    assert result.returncode == 2 and "--max-time must be a finite number above 0" in result.stderr

@@ -98,7 +98,7 @@ def test_a_failed_run_keeps_the_existing_output_unless_it_improved(monkeypatch, 
     before = output.read_bytes()
     real = module.create_engine
     monkeypatch.setattr(module, "create_engine", lambda *args, **kwargs: NaNAfter(real(*args, **kwargs), at))
-    with pytest.raises(NumericalError, match="nothing better than the start to save" if kept else "saved the last good image"):
+    with pytest.raises(NumericalError, match="nothing better than the start to save" if kept else "saved the best image"):
         stylize(output=output, iterations=10, optimizer="adam", **FAST)
     assert (output.read_bytes() == before) is kept
 
@@ -254,7 +254,7 @@ def test_sigterm_saves_the_current_image_of_a_stylize_run(tmp_path):
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
-    assert re.search(r"interrupted after \d+ iteration\(s\); saved the last evaluated image to out.png", stderr.replace("\n", ""))
+    assert re.search(r"interrupted after \d+ iteration\(s\); saved the best image so far to out.png", stderr.replace("\n", ""))
     assert Image.open(tmp_path / "out.png").size == (64, 64)
 
 
@@ -333,7 +333,7 @@ def test_a_decompression_bomb_is_one_line(cli, tmp_path, monkeypatch):
         (["bench", "--duration", "nan"], 2, "--duration must be a positive number of seconds"),
         (["bench", "--duration", "inf"], 2, "--duration must be a positive number of seconds"),
         (["bench", "--name", "../../escape"], 2, "--name must be a plain file name"),
-        (["stylize", "--demo", "--size", "8"], 3, "too small for layers"),
+        (["stylize", "--demo", "--size", "8"], 3, "image 8x8 is too small for vgg19 up to relu5_1: needs at least 16x16"),
         (["stylize", "--demo", "--engine", "torch", "--provider", "tpu"], 2, "unknown torch device 'tpu'"),
         (["stylize", "--demo", "--iterations", "0"], 2, "--iterations must be a positive whole number"),
         (["stylize", "--demo", "--threads", "-2"], 2, "--threads must be positive"),

@@ -88,9 +88,9 @@ def runner_loss_and_grad(
     return terms.total, grad
 
 
-def gradient_check_images(side: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(content, style, image) of the gradient checks: the demo pair, and a point between them."""
-    content, style = demo_pair(side, side)
+def gradient_check_images(width: int, height: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(content, style, image) of the gradient checks, square unless ``height`` is given: the demo pair, and a point between them."""
+    content, style = demo_pair(width, width if height is None else height)
     return content, style, (content * 0.8 + style * 0.2).clamp(0, 1)
 
 

@@ -47,6 +47,29 @@ def parse_precisions(text: str) -> list[str]:
 
 
 
+def check_sizes(models: Sequence[BackboneSpec], sizes: Sequence[tuple[int, int]]) -> None:
+    """A size no selected model can run is refused before any work, in ``size_problem``'s words; a size some
+    model can run stays, and the others' cells at it are skipped with the same words."""
+    for width, height in sizes:
+        problems = [spec.size_problem([*spec.default_content_layers, *spec.default_style_layers], width, height) for spec in models]
+        if all(problems):
+            raise UsageError(str(problems[0]))
+
+
+def check_counts(runs: int, warmup: int) -> None:
+    """``--runs`` and ``--warmup`` of every command that times runs (bench, profile): one message each."""
+    if runs <= 0:
+        raise UsageError(f"--runs must be positive, got {runs}")
+    if warmup < 0:
+        raise UsageError(f"--warmup cannot be negative, got {warmup}")
+
+
+def check_threads(threads: int | None) -> None:
+    """``--threads``: None means every CPU this process may use; zero or fewer is a usage error in every command."""
+    if threads is not None and threads <= 0:
+        raise UsageError(f"--threads must be positive, got {threads}")
+
+
 @dataclass
 class BenchOptions:
     runners: list[Runner]
@@ -72,12 +95,8 @@ class BenchOptions:
             raise UsageError(f"--iterations must be positive, got {self.iterations}")
         if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
             raise UsageError(f"--duration must be a positive number of seconds, got {self.duration}")
-        if self.runs <= 0:
-            raise UsageError(f"--runs must be positive, got {self.runs}")
-        if self.warmup < 0:
-            raise UsageError(f"--warmup cannot be negative, got {self.warmup}")
-        if self.threads is not None and self.threads <= 0:
-            raise UsageError(f"--threads must be positive, got {self.threads}")
+        check_counts(self.runs, self.warmup)
+        check_threads(self.threads)
         if self.tile is not None and self.tile < 0:
             raise UsageError(f"--tile must be positive (or 0 for never), got {self.tile}")
         if not self.hang_seconds > 0:
@@ -152,6 +171,7 @@ def bench_options(
 
     models = parse_models(model)
     size_list = parse_sizes(sizes)
+    check_sizes(models, size_list)
     precisions = parse_precisions(precision)
     runners, skipped = select_runners(provider)
     check_precisions(runners, precisions)

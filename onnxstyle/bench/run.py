@@ -14,13 +14,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from onnxstyle.backbones import BackboneSpec
 from onnxstyle.bench.options import BenchOptions, window_plan
 from onnxstyle.bench.records import Cell, GemmRate, LoopRecipe, summarize
 from onnxstyle.engines import EngineSpec
-from onnxstyle.errors import NumericalError, OnnxstyleError, UsageError, WorkerError, first_line
+from onnxstyle.errors import NumericalError, OnnxstyleError, UsageError, WorkerError, first_line, interruption
 from onnxstyle.interference import noise_reasons
 from onnxstyle.memory import estimate_bytes, free_bytes, iteration_flops
 from onnxstyle.runners import Runner, precision_support, takes_cuda_graph
@@ -323,14 +323,37 @@ def run_bench(
     return run.cells, run.roofs, run.interrupted
 
 
-def nothing_measured(cells: Sequence[Cell]) -> tuple[str, int] | None:
-    """When no cell was measured: the line that says why (the first failure, else the first reason) and the exit code."""
-    if any(cell.status == "ok" for cell in cells) or not cells:
+class Outcome(Protocol):
+    """What ``nothing_measured`` reads: a bench cell, a cluster cell or a parity row."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def error_code(self) -> int | None: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def runner(self) -> str: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+
+
+def nothing_measured(outcomes: Sequence[Outcome], unit: str = "cell") -> tuple[str, int] | None:
+    """When nothing was measured: the line that says why (the first failure, else the first reason) and the exit code.
+
+    The one rule of every measuring command: one measured ``unit`` makes the run a success (its failures are in the
+    report); none, and it exits with its first failure's code, or 2 when everything was skipped.
+    """
+    if any(outcome.status == "ok" for outcome in outcomes) or not outcomes:
         return None
-    failed = [cell for cell in cells if cell.status == "failed"]
-    first = (failed or [cell for cell in cells if cell.reason] or list(cells))[0]
+    failed = [outcome for outcome in outcomes if outcome.status == "failed"]
+    first = (failed or [outcome for outcome in outcomes if outcome.reason] or list(outcomes))[0]
     code = (failed[0].error_code or WorkerError.exit_code) if failed else UsageError.exit_code
-    return f"no cell was measured; {first.model} {first.runner} {first.width}x{first.height}: {first.reason}", code
+    return f"no {unit} was measured; {first.model} {first.runner} {first.width}x{first.height}: {first.reason}", code
 
 
 def _grid(options: BenchOptions) -> list[tuple[BackboneSpec, tuple[int, int], str]]:
@@ -338,10 +361,10 @@ def _grid(options: BenchOptions) -> list[tuple[BackboneSpec, tuple[int, int], st
 
 
 def _mark_interrupted(cells: list[Cell], options: BenchOptions) -> None:
-    """Cells Ctrl-C cut short become ``interrupted``; those never reached are added as ``not run``."""
+    """Cells Ctrl-C or SIGTERM cut short become ``interrupted`` (the reason names which); those never reached are added as ``not run``."""
     for cell in cells:
         if cell.status == "pending":
-            cell.status, cell.reason = "interrupted", "Ctrl-C before this cell finished"
+            cell.status, cell.reason = "interrupted", f"{interruption()} before this cell finished"
     started = {cell.key for cell in cells}
     for model, (width, height), precision in _grid(options):
         for runner in options.runners:
@@ -370,9 +393,8 @@ class CellPlanner:
         spec = EngineSpec.defaults(model, self.resolved[model.name])
         cell.weights = self.resolved[model.name].label
         layers = spec.layers
-        minimum = model.min_size(layers)
-        if min(width, height) < minimum:
-            return self._skip(cell, f"smaller than {model.name}'s minimum {minimum}x{minimum}")
+        if (problem := model.size_problem(layers, width, height)) is not None:
+            return self._skip(cell, problem)
         unsupported = precision_support(runner, precision)
         if unsupported:
             return self._skip(cell, unsupported)

@@ -8,9 +8,12 @@ onnxstyle versions, and returns what the cluster is made of.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,25 +68,58 @@ def _describe_node() -> dict[str, Any]:
     }
 
 
+def parse_address(text: str) -> str:
+    """``--cluster``'s one parser: "local", HOST:PORT (the head's GCS) or ray://HOST:PORT, port 1–65535.
+
+    Checked before anything starts, so a typo is a usage error, not a connection error about a host.
+    """
+    address = text.strip()
+    if address == "local":
+        return address
+    from onnxstyle.text import printable
+
+    forms = f"--cluster takes HOST:PORT (the head node's GCS address), ray://HOST:PORT or local, got '{printable(text)}'"
+    rest = address.removeprefix("ray://")
+    if "://" in rest or "/" in rest:
+        raise UsageError(forms)
+    host, _, port = rest.rpartition(":")
+    if not host.strip("[]") or not port.isdigit():
+        raise UsageError(forms)
+    if not 1 <= int(port) <= 65535:
+        raise UsageError(f"--cluster port must be between 1 and 65535, got {port} in '{printable(text)}'")
+    return address
+
+
 def connect(address: str, *, timeout: float = CONNECT_TIMEOUT) -> list[NodeInfo]:
     """Join the cluster at ``address`` ("local" starts one on this machine) and describe its live nodes.
 
-    Refuses, in one line each: Ray missing, an address that does not answer within ``timeout`` seconds,
-    and nodes that run another onnxstyle version than this one (named).
+    Refuses, in one line each: a malformed address, Ray missing, an address that does not answer within
+    ``timeout`` seconds, and nodes that run another onnxstyle version than this one (named). A local
+    cluster belongs to this process: a reaper ends its processes when this process ends, however it ends.
     """
+    address = parse_address(address)
     ray = require_ray()
     from onnxstyle import __version__
 
     if not ray.is_initialized():
         started = time.monotonic()
-        target = None if address == "local" else address
-        if target is not None and not target.startswith("ray://"):
-            _check_reachable(target, timeout)
+        if address != "local":
+            _check_reachable(address, timeout)
+        else:
+            from onnxstyle.cluster.reaper import start_reaper
+
+            start_reaper()
+        logging.getLogger("ray").setLevel(logging.ERROR)  # Ray's notices (token auth, …) are not this command's output
         try:
-            ray.init(address=target, log_to_driver=False, include_dashboard=False, configure_logging=False, ignore_reinit_error=True)
+            with _our_signal_handlers():
+                # "local" always starts a new cluster; None would join any cluster already running on this machine.
+                ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False, ignore_reinit_error=True)
         except (ConnectionError, RuntimeError, ValueError, TimeoutError) as error:
             waited = time.monotonic() - started
             raise UsageError(f"cannot reach a Ray cluster at {address} (gave up after {waited:.0f} s of {timeout:.0f}): {str(error).splitlines()[0]}") from None
+        except KeyboardInterrupt:
+            _stop_started(ray, address)
+            raise
     nodes = live_nodes()
     probes, failures = gather({node.node_id: _probe_on(ray, node.node_id) for node in nodes}, timeout=max(timeout, 60.0))
     broken = [f"{node.label}: {failures[node.node_id]}" for node in nodes if "RayTaskError" in failures.get(node.node_id, "")]
@@ -107,13 +143,52 @@ def connect(address: str, *, timeout: float = CONNECT_TIMEOUT) -> list[NodeInfo]
     return described
 
 
+@contextmanager
+def _our_signal_handlers() -> Iterator[None]:
+    """Ctrl-C and SIGTERM keep meaning "stop and say what was kept" while and after Ray starts.
+
+    ``ray.init`` installs SIGTERM handlers that exit with 1 or 15, and its core worker a native one that
+    dumps a stack and aborts; during the call ours stay, and afterwards they are put back.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from ray._private import ray_constants, utils
+
+    ours = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    install, no_dump = utils.set_sigterm_handler, getattr(ray_constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER", False)
+    utils.set_sigterm_handler = lambda handler: None
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True  # read when the core worker starts
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler, ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = install, no_dump
+        for signum, handler in ours.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
+def _stop_started(ray: Any, address: str) -> None:
+    """Stop what an interrupted ``ray.init`` started, at once: Ray's own clean-up waits for each process to
+    answer SIGTERM, and its agents never do."""
+    if address == "local":
+        from onnxstyle.cluster.reaper import reap_now
+
+        reap_now()
+    try:
+        ray.shutdown()
+    except Exception:  # a half-started session may not know its own parts
+        pass
+
+
 def _check_reachable(address: str, timeout: float) -> None:
     """A TCP connect to HOST:PORT first: Ray's own client would retry for minutes before saying anything."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"--cluster takes HOST:PORT (the head node's GCS address), ray://HOST:PORT or local, got '{address}'")
+    host, _, port = parse_address(address).removeprefix("ray://").rpartition(":")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             pass
     except OSError as error:
         raise UsageError(f"cannot reach a Ray cluster at {address} within {timeout:.0f} s: {error.strerror or error}") from None

@@ -19,10 +19,12 @@ import numpy as np
 import torch
 
 from onnxstyle.engines.base import EngineSpec
+from onnxstyle.errors import UsageError
 from onnxstyle.tiling import TilePlan
 
 NETWORK_GBIT = 10.0  # the model's assumed link per node (a common datacentre NIC), stated in every table
 NODE_COUNTS = (1, 4, 16, 64)
+DRIVER_COPIES = 6  # whole-image fp32 tensors the driver holds: image, pixels, gradient, Adam's two moments, TV's work
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,34 @@ def speedup_rows(tiles: int, tile_seconds: float, per_tile_bytes: int, direction
         total = compute + network + driver_seconds
         rows.append(ScaleRow(nodes, waves, compute, network, driver_seconds, total, single / total))
     return rows
+
+
+def check_request(spec: EngineSpec, width: int, height: int, core: int, overhead_size: int, available: int) -> None:
+    """Refuse, before any measurement, what ``cluster-scale`` could not measure: sizes below the backbone's
+    minimum, a tile below its receptive field, and work that would not fit in ``available`` bytes."""
+    from onnxstyle.memory import estimate_bytes
+    from onnxstyle.tiling import check_tile
+
+    backbone, layers = spec.backbone, spec.layers
+    if core <= 0:
+        raise UsageError(f"--tile must be positive, got {core}")
+    check_tile(backbone, layers, core)
+    if (problem := backbone.size_problem(layers, width, height)) is not None:
+        raise UsageError(f"--size {problem}")
+    if overhead_size < 0:
+        raise UsageError(f"--overhead-size must be a square size in px, or 0 to skip the overhead, got {overhead_size}")
+    if overhead_size and (problem := backbone.size_problem(layers, overhead_size, overhead_size)) is not None:
+        raise UsageError(f"--overhead-size {problem}")
+
+    def need(side_width: int, side_height: int, copies: int) -> int:
+        """``copies`` tiles' engines at once (each with its sessions) and the driver's whole-image tensors."""
+        rows, cols = TilePlan.create(backbone, layers, side_height, side_width, core).largest_tile
+        return copies * estimate_bytes("onnxruntime", backbone, layers, cols, rows) + DRIVER_COPIES * 3 * 4 * side_width * side_height
+
+    # the overhead runs the same tiles in this process and in a tile worker beside it
+    for option, (side_width, side_height), copies in (("--size", (width, height), 1), ("--overhead-size", (overhead_size, overhead_size), 2)):
+        if side_width and (needed := need(side_width, side_height, copies)) > 0.9 * available:
+            raise UsageError(f"{option} {side_width}x{side_height} with --tile {core} needs ≈{needed / 2**30:.1f} GB, {available / 2**30:.1f} GB free")
 
 
 def measure_tile(spec: EngineSpec, rows: int, cols: int, *, engine: str = "onnxruntime", threads: int | None = None, repeats: int = 2) -> float:

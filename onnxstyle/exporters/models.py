@@ -60,11 +60,12 @@ def target_feeds(content_targets: dict[str, torch.Tensor], style_targets: dict[s
 
 def dimension_values(backbone: BackboneSpec, content_layers: Sequence[str], height: int, width: int) -> dict[str, int]:
     """Every symbolic dimension our graphs use, for an input image of ``height``×``width``."""
+    if content_layers and (problem := backbone.size_problem(content_layers, width, height)) is not None:
+        raise UsageError(problem)
     values = {HEIGHT: height, WIDTH: width}
     for layer in content_layers:
         shape = backbone.feature_shape(layer, height, width)
-        if shape is None:
-            raise UsageError(f"{width}x{height} is too small for {layer} of {backbone.name}")
+        assert shape is not None
         values[f"{layer}_h"], values[f"{layer}_w"] = shape[1], shape[2]
     return values
 

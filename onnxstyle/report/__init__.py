@@ -5,11 +5,13 @@ fingerprint); every other format, and ``onnxstyle report show``, is rendered fro
 from another machine re-renders and compares exactly like a fresh one. Nothing here imports torch or
 ONNX Runtime: reading a report is instant and works on a machine without them.
 
+- ``checks``: reading a report file as untrusted input (size limits, printable text, typed checks of every figure).
 - ``schema``: the report, its JSON, loading, and the trust verdict it carries.
 - ``metrics``: figures derived per cell (×eager, ×fp32, the 2016 figure, CPUs used) and their text.
 - ``table`` and ``views``: one plain table model, and the bench's tables and header lines in it.
 - ``formats``: the files (JSON, CSV, Markdown, PNG), rewritten together after every cell.
 - ``compare``: reports from several machines side by side.
+- ``quality``: converge's reports; ``loading``: either kind, read by the schema it names (``report show``).
 """
 
 from onnxstyle.errors import ReportError

@@ -69,6 +69,18 @@ def ratio_table(baseline: Report, other: Report, baseline_name: str, other_name:
 
 
 PLOT_FORMATS = (".png", ".pdf", ".svg")
+PLOT_TITLE = "onnxstyle report compare"  # in the chart file's metadata: a file holding it may be replaced by the next chart
+PLOT_SCAN_BYTES = 64 * 2**20
+
+
+def is_comparison_plot(path: Path) -> bool:
+    """Whether ``path`` is a chart ``compare_plot`` wrote (its metadata title), which a rerun may replace."""
+    try:
+        if path.stat().st_size > PLOT_SCAN_BYTES:
+            return False
+        return PLOT_TITLE.encode() in path.read_bytes()
+    except OSError:
+        return False
 
 
 def _label(ratio: Ratio) -> str:
@@ -96,5 +108,5 @@ def compare_plot(baseline: Report, others: list[Report], path: Path) -> Path:
     axis.set_xscale("log")
     axis.set_xlabel(f"speed relative to {Path(baseline.source).name or 'baseline'} (×, log scale)")
     axis.legend(fontsize=8)
-    write_atomic(path, lambda out: save(figure, out, path.suffix.lstrip(".").lower()))
+    write_atomic(path, lambda out: save(figure, out, path.suffix.lstrip(".").lower(), title=PLOT_TITLE))
     return path

@@ -116,12 +116,16 @@ def plot(report: Report, out: BinaryIO) -> None:
 
 
 STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+PARTIAL = re.compile(r"\.partial(-[0-9]+)?$")  # a rerun's report while it has fewer cells (see ReportWriter)
 
 
 def check_stem(stem: str) -> str:
-    """``--name`` is a file name inside ``--out``, never a path that leads elsewhere."""
+    """``--name`` is a file name inside ``--out``, never a path that leads elsewhere, nor a name the writer keeps
+    for a rerun's partial report (``NAME.partial``), which a later rerun of ``NAME`` would replace."""
     if not STEM.fullmatch(stem) or stem.endswith((".json", ".csv", ".md", ".png", ".lock")):
         raise UsageError(f"--name must be a plain file name (letters, digits, '.', '_', '-'), without a folder or suffix; got '{stem}'")
+    if PARTIAL.search(stem):
+        raise UsageError(f"--name must not end in '.partial': reruns of NAME write NAME.partial.* while they have measured less; got '{stem}'")
     return stem
 
 
@@ -143,7 +147,9 @@ class ReportWriter:
     Every write replaces all formats at once (``files.write_all``). A stem another running bench holds
     (its ``.lock`` file names a live process) is not shared: this run takes ``stem-2``, ``stem-3``… An
     existing report with more measured cells than this run has so far is never replaced: this run writes
-    ``stem.partial.*`` until it catches up, and ``kept`` says what stayed. The PNG is drawn at the end.
+    ``stem.partial.*`` until it catches up, and ``kept`` says what stayed. A partial report of an earlier rerun
+    is held to the same rule: while it has more, this run's partial goes to ``stem.partial-2.*`` (``-3``…).
+    The PNG is drawn at the end.
     """
 
     def __init__(
@@ -154,10 +160,16 @@ class ReportWriter:
         self.directory = directory
         self.requested = check_stem(stem)
         self.stem = self._claim(stem)
-        existing = directory / f"{self.stem}.json"
-        self.previous = (measured_in or _measured_in)(existing) if existing.exists() else 0
+        self._count = measured_in or _measured_in
+        self.previous = self._held(self.stem)
+        self.partial = f"{self.stem}.partial"  # moves to stem.partial-N when an earlier partial holds more than this run
         self.paths: dict[str, Path] = {}
         self.unit = unit
+
+    def _held(self, stem: str) -> float:
+        """What the report ``stem`` already holds (0: none there)."""
+        existing = self.directory / f"{stem}.json"
+        return self._count(existing) if existing.exists() else 0
 
     def _claim(self, stem: str) -> str:
         import psutil
@@ -166,18 +178,25 @@ class ReportWriter:
             candidate = stem if index == 1 else f"{stem}-{index}"
             lock = self.directory / f"{candidate}.lock"
             try:
-                handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
                 try:
-                    holder = int(lock.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    holder = 0
-                if holder and holder != os.getpid() and psutil.pid_exists(holder):
-                    continue
-                lock.unlink(missing_ok=True)  # left by a run that died
-                handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            with os.fdopen(handle, "w") as out:
-                out.write(str(os.getpid()))
+                    handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    try:
+                        holder = int(lock.read_text().strip() or 0)
+                    except (OSError, ValueError):
+                        holder = 0
+                    if holder and holder != os.getpid() and psutil.pid_exists(holder):
+                        continue
+                    lock.unlink(missing_ok=True)  # left by a run that died
+                    handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                try:
+                    with os.fdopen(handle, "w") as out:
+                        out.write(str(os.getpid()))
+                except OSError:
+                    lock.unlink(missing_ok=True)  # an empty lock would only confuse the next run
+                    raise
+            except OSError as error:
+                raise OutputError(f"cannot write reports to {self.directory}: {error.strerror or error}") from None
             self._lock = lock
             return candidate
         raise OutputError(f"{self.directory}: no free report name like {stem}-N (999 runs hold one)")
@@ -195,14 +214,27 @@ class ReportWriter:
     def write_files(self, measured: float, contents: dict[str, FileContent]) -> dict[str, Path]:
         """Write ``contents`` (by suffix) under the stem, or under ``stem.partial`` while ``measured`` is below what
         the existing report held; once the stem is written, any partial files of it go."""
-        stem = self.stem if measured >= self.previous else f"{self.stem}.partial"
+        stem = self.stem if measured >= self.previous else self._partial_for(measured)
         paths = {suffix: self.directory / f"{stem}.{suffix}" for suffix in contents}
         write_all({paths[suffix]: content for suffix, content in contents.items()})
         if stem == self.stem:
-            for suffix in REPORT_SUFFIXES:
-                (self.directory / f"{self.stem}.partial.{suffix}").unlink(missing_ok=True)
+            for partial in dict.fromkeys((f"{self.stem}.partial", self.partial)):
+                if self._held(partial) <= measured:
+                    for suffix in REPORT_SUFFIXES:
+                        (self.directory / f"{partial}.{suffix}").unlink(missing_ok=True)
         self.paths = paths
         return paths
+
+    def _partial_for(self, measured: float) -> str:
+        """Where this run's partial report goes: never over an earlier rerun's partial that holds more."""
+        if self.paths.get("json") == self.directory / f"{self.partial}.json":
+            return self.partial  # ours already: it only grows
+        for index in range(1, 1000):
+            candidate = f"{self.stem}.partial" if index == 1 else f"{self.stem}.partial-{index}"
+            if self._held(candidate) <= measured:
+                self.partial = candidate
+                return candidate
+        raise OutputError(f"{self.directory}: no free name like {self.stem}.partial-N for this run's partial report")
 
     def close(self) -> None:
         self._lock.unlink(missing_ok=True)

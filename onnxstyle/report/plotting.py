@@ -17,10 +17,13 @@ def pyplot() -> Any:
     return plt
 
 
-def save(figure: Any, out: BinaryIO, fmt: str = "png") -> None:
-    """Lay out, write and close ``figure`` (closed even when writing fails, so figures never pile up)."""
+def save(figure: Any, out: BinaryIO, fmt: str = "png", title: str | None = None) -> None:
+    """Lay out, write and close ``figure`` (closed even when writing fails, so figures never pile up).
+
+    ``title`` goes into the file's metadata (PNG, PDF and SVG all carry one), so the file can be recognised later.
+    """
     try:
         figure.tight_layout()
-        figure.savefig(out, dpi=DPI, format=fmt)
+        figure.savefig(out, dpi=DPI, format=fmt, metadata={"Title": title} if title else None)
     finally:
         pyplot().close(figure)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from onnxstyle.errors import ReportError
+from onnxstyle.report.checks import Problem, check_kind, damaged, figure, kind, mapping, read_json, series, short, strings
 from onnxstyle.report.formats import FileContent, ReportWriter
 from onnxstyle.report.plotting import pyplot, save
 from onnxstyle.report.table import TableData, markdown_lines
@@ -52,11 +53,14 @@ class QualityReport:
     system: dict[str, Any]
     weights: str
     created: str = ""
+    interrupted: bool = False
+    not_run: list[str] = field(default_factory=list)  # "CONFIG @ SIZE px" never started: the run was stopped first
 
     def to_json(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": self.created, "options": self.options,
-            "system": self.system, "weights": self.weights, "runs": [asdict(run) for run in self.runs],
+            "system": self.system, "weights": self.weights, "interrupted": self.interrupted, "not_run": self.not_run,
+            "runs": [asdict(run) for run in self.runs],
         }
 
     def sizes(self) -> list[int]:
@@ -64,15 +68,60 @@ class QualityReport:
 
     @classmethod
     def from_json(cls, data: Any, source: str = "") -> QualityReport:
+        """The report in ``data`` (JSON read by ``read_json``), checked whole first: a damaged one is refused."""
         where = source or "report"
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise ReportError(f"{where} is not an onnxstyle quality report (no \"schema\": \"{SCHEMA}\")")
-        known = {item.name for item in fields(QualityRun)}
+        raw_runs = check_kind(data, where, SCHEMA, SCHEMA_VERSION, "quality", "runs")
         try:
-            runs = [QualityRun(**{key: value for key, value in raw.items() if key in known}) for raw in data["runs"]]
-        except (KeyError, TypeError, AttributeError) as error:
-            raise ReportError(f"{where} has a malformed run list ({error})") from None
-        return cls(runs, dict(data.get("options") or {}), dict(data.get("system") or {}), str(data.get("weights", "")), str(data.get("created", "")))
+            _check_header(data)
+            runs = [_run(raw, index) for index, raw in enumerate(raw_runs, 1)]
+        except Problem as problem:
+            raise damaged(where, problem) from None
+        return cls(
+            runs, dict(data.get("options") or {}), dict(data.get("system") or {}), str(data.get("weights", "")), str(data.get("created", "")),
+            bool(data.get("interrupted", False)), list(data.get("not_run") or []),
+        )
+
+
+def _check_header(data: dict[str, Any]) -> None:
+    owner = "the report"
+    for name in ("options", "system"):
+        kind(owner, name, data.get(name), dict, optional=True)
+    for name in ("weights", "created"):
+        kind(owner, name, data.get(name), str, optional=True)
+    kind(owner, "interrupted", data.get("interrupted"), bool, optional=True)
+    if data.get("not_run") is not None:
+        strings(owner, "not_run", data["not_run"])
+    options = data.get("options") or {}
+    if options.get("command") is not None:
+        strings(owner, "options.command", options["command"])
+    if options.get("seconds") is not None:
+        mapping(owner, "options.seconds", options["seconds"], lambda size, value: figure(owner, f"budget for {size} px", value))
+
+
+def _run(raw: Any, index: int) -> QualityRun:
+    """One run of the JSON, checked: its series line up and hold finite figures, as the table and chart need."""
+    if not isinstance(raw, dict):
+        raise Problem(f"run {index} is not an object")
+    owner = f"run {index} ({short(raw.get('config', '?'))} @ {short(raw.get('size', '?'))} px)"
+    kind(owner, "config", raw.get("config"), str)
+    figure(owner, "size", raw.get("size"), positive=True, whole=True)
+    kind(owner, "status", raw.get("status", "ok"), str)
+    kind(owner, "reason", raw.get("reason", ""), str)
+    for name in ("setup_seconds", "seconds"):
+        figure(owner, name, raw.get(name), optional=True)
+    figure(owner, "evaluations", raw.get("evaluations"), optional=True, whole=True)
+    lengths = {
+        "times": len(series(owner, "times", raw.get("times", []))),
+        "iterations": len(series(owner, "iterations", raw.get("iterations", []), whole=True)),
+        "own_losses": len(series(owner, "own_losses", raw.get("own_losses", []), signed=True)),
+        "yardstick": len(series(owner, "yardstick", raw.get("yardstick", []))),  # empty until scored
+    }
+    recorded = {length for length in lengths.values() if length}  # an empty series was not recorded (times are, with any)
+    if len(recorded) > 1 or (recorded and not lengths["times"]):
+        raise Problem(f"{owner} has series of unequal length ({', '.join(f'{name} {length}' for name, length in lengths.items())})")
+    mapping(owner, "to_band", raw.get("to_band", {}), lambda band, value: figure(owner, f"time to {band}", value, optional=True))
+    known = {item.name for item in fields(QualityRun)}
+    return QualityRun(**{key: value for key, value in raw.items() if key in known})
 
 
 def band_times(runs: Sequence[QualityRun]) -> None:
@@ -114,7 +163,7 @@ def speedup_to_eager_final(report: QualityReport, run: QualityRun) -> tuple[floa
     picture the plain loop would have given me?
     """
     reference = _eager_reference(report, run)
-    if reference is None or reference is run or reference.final is None or run.status != "ok":
+    if reference is None or reference is run or reference.final is None or run.status != "ok" or not run.yardstick:
         return None
     reached = next((time for time, loss in zip(run.times, run.yardstick, strict=True) if loss <= reference.final), None)
     if reached is None or not reached > 0:
@@ -130,22 +179,39 @@ COLUMNS = (
 
 def quality_table(report: QualityReport) -> TableData:
     """One row per configuration and size: evaluations, final loss, seconds to each band, ×eager."""
-    table = TableData(list(COLUMNS), title=f"time to quality (weights {report.weights})", left=2)
+    title = f"time to quality (weights {report.weights})" + (" — interrupted" if report.interrupted else "")
+    table = TableData(list(COLUMNS), title=title, left=2)
     rows = table.rows
     for run in sorted(report.runs, key=lambda item: (item.size, item.config)):
-        if run.status != "ok":
-            rows.append([f"{run.size} px", run.config, f"{run.status}: {run.reason}", *["–"] * (len(COLUMNS) - 3)])
+        if run.status != "ok" or run.final is None:
+            rows.append([f"{run.size} px", run.config, f"{run.status}: {run.reason}" if run.reason else run.status, *["–"] * (len(COLUMNS) - 3)])
             continue
         ratio = speedup_to_band(report, run)
         to_eager = speedup_to_eager_final(report, run)
         rows.append([
-            f"{run.size} px", run.config, f"{run.evaluations:,}", f"{60 * (run.evaluations or 0) / (run.seconds or 1):,.0f}",
+            f"{run.size} px", run.config, _figure(run.evaluations, ","), f"{60 * (run.evaluations or 0) / (run.seconds or 1):,.0f}",
             f"{run.final:.4g}", *(_seconds(run.to_band.get(f"{100 * band:g}%")) for band in BANDS),
             "–" if ratio is None else f"{'> ' if ratio[1] else ''}{ratio[0]:.2f}×",
             "–" if to_eager is None else f"{to_eager[0]:.1f}", "–" if to_eager is None else f"{to_eager[1]:.2f}×",
-            f"{run.setup_seconds:.1f}",
+            _figure(run.setup_seconds, ".1f"),
         ])
+    for label in report.not_run:
+        config, _, size = label.rpartition(" @ ")
+        rows.append([size, config, "not run: interrupted before it started", *["–"] * (len(COLUMNS) - 3)])
     return table
+
+
+def interrupted_line(report: QualityReport) -> str | None:
+    """What an interrupted run never got to, in one line (None for a run that finished)."""
+    if not report.interrupted:
+        return None
+    if not report.not_run:
+        return "interrupted: every configuration started; unfinished ones are marked"
+    return f"interrupted: these configurations never ran: {', '.join(report.not_run)}"
+
+
+def _figure(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
 
 
 def _seconds(value: float | None) -> str:
@@ -160,6 +226,7 @@ def to_markdown(report: QualityReport) -> str:
         f"- method: each configuration alone in a worker for the same wall time per size ({', '.join(f'{size} px: {value:g} s' for size, value in report.options.get('seconds', {}).items())}) from the same random start "
         "(seed 0); its best image snapshotted as time passes; every snapshot scored by the fp32 torch loss (same targets, same weights); "
         "bands relative to the best final loss of any configuration at that size",
+        *([f"- **{line}**"] if (line := interrupted_line(report)) else []),
         "",
         *markdown_lines(quality_table(report)),
     ]
@@ -197,9 +264,8 @@ def plot(report: QualityReport, out: BinaryIO) -> None:
 def measured_in(path: Path) -> float:
     """Configurations measured in an existing quality report; an unreadable file counts as unbounded (never replaced)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return sum(1 for run in data["runs"] if run.get("status") == "ok" and run.get("yardstick"))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return sum(1 for run in read_json(path)["runs"] if run.get("status") == "ok" and run.get("yardstick"))
+    except (ReportError, KeyError, TypeError, AttributeError):
         return math.inf
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 from onnxstyle import __version__
 from onnxstyle.bench.records import Cell, GemmRate
-from onnxstyle.errors import ReportError
+from onnxstyle.report.checks import Problem, check_kind, damaged, figure, kind, mapping, read_json, series, short, strings
 from onnxstyle.sysinfo import fingerprint
 
 SCHEMA = "onnxstyle.bench"
@@ -59,19 +58,14 @@ class Report:
 
     @classmethod
     def from_json(cls, data: Any, source: str = "") -> Report:
+        """The report in ``data`` (JSON read by ``read_json``), checked whole first: a damaged one is refused."""
         where = source or "report"
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise ReportError(f"{where} is not an onnxstyle bench report (no \"schema\": \"{SCHEMA}\")")
-        version = data.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise ReportError(f"{where} has schema version {version!r}; this onnxstyle reads up to {SCHEMA_VERSION}")
-        known = {item.name for item in fields(Cell)}
-        cells = []
+        raw_cells = check_kind(data, where, SCHEMA, SCHEMA_VERSION, "bench", "cells")
         try:
-            for raw in data["cells"]:
-                cells.append(Cell(**{key: value for key, value in raw.items() if key in known}))
-        except (KeyError, TypeError, AttributeError) as error:
-            raise ReportError(f"{where} has a malformed cell list ({error})") from None
+            _check_header(data)
+            cells = [_cell(raw, index) for index, raw in enumerate(raw_cells, 1)]
+        except Problem as problem:
+            raise damaged(where, problem) from None
         return cls(
             cells=cells,
             options=dict(data.get("options") or {}),
@@ -120,18 +114,103 @@ def new_report(cells: list[Cell], options: dict[str, Any], roofs: dict[str, Gemm
     return report
 
 
-def read_json(file: Path) -> Any:
-    """A report file's JSON, or one line saying why it cannot be read."""
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ReportError(f"report {file} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ReportError(f"cannot read report {file}: {error}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ReportError(f"{file} is not valid JSON ({error.msg} at line {error.lineno}); is it a damaged report?") from None
+# ---------------------------------------------------------------- checks on reading (see ``checks``)
+
+
+def _check_header(data: dict[str, Any]) -> None:
+    owner = "the report"
+    for name in ("options", "system", "gemm", "weights", "nodes", "tool"):
+        kind(owner, name, data.get(name), dict, optional=True)
+    kind(owner, "created", data.get("created"), str, optional=True)
+    kind(owner, "interrupted", data.get("interrupted"), bool, optional=True)
+    if data.get("command") is not None:
+        strings(owner, "command", data["command"])
+    for model, label in (data.get("weights") or {}).items():
+        kind(owner, f"weights of {model}", label, str)
+    environment = (data.get("options") or {}).get("environment")
+    if environment is not None:
+        mapping(owner, "options.environment", environment)
+    for device, rate in (data.get("gemm") or {}).items():
+        mapping(owner, f"GEMM roof for {device}", rate)
+        figure(owner, f"GEMM rate for {device}", rate.get("gflops"))
+        if rate.get("others_gflops") is not None:
+            mapping(owner, f"other GEMM rates for {device}", rate["others_gflops"], lambda name, value, device=device: figure(owner, f"{name} GEMM rate for {device}", value))
+    for label, node in (data.get("nodes") or {}).items():
+        mapping(owner, f"node {label}", node)
+        kind(owner, f"fingerprint of node {label}", node.get("fingerprint"), dict, optional=True)
+
+
+_CELL_FIGURES = (
+    "setup_seconds", "first_iteration_seconds", "gflop_per_iteration", "gflops", "roof_share", "estimate_bytes",
+    "rss_before_bytes", "peak_rss_bytes", "device_peak_bytes", "device_used_bytes",
+)
+_CELL_TEXTS = ("precision", "status", "reason", "weights", "inputs_sha256", "node")
+_CELL_FLAGS = ("cuda_graph", "interleaved", "noisy")
+_STATS = ("median", "q1", "q3", "min", "max")
+
+
+def _cell(raw: Any, index: int) -> Cell:
+    """One cell of the JSON, checked: what any table, ratio or chart reads from it has the type and range it needs."""
+    if not isinstance(raw, dict):
+        raise Problem(f"cell {index} is not an object")
+    owner = f"cell {index} ({short(raw.get('model', '?'))} {short(raw.get('runner', '?'))} {short(raw.get('width', '?'))}x{short(raw.get('height', '?'))})"
+    for name in ("runner", "model"):
+        kind(owner, name, raw.get(name), str)
+    for name in ("width", "height"):
+        figure(owner, name, raw.get(name), positive=True, whole=True)
+    for name in _CELL_TEXTS:  # null is no text: only the fields whose default is None may be null
+        kind(owner, name, raw.get(name, ""), str)
+    for name in _CELL_FLAGS:
+        kind(owner, name, raw.get(name, False), bool)
+    kind(owner, "device_memory_source", raw.get("device_memory_source"), str, optional=True)
+    for name in _CELL_FIGURES:
+        figure(owner, name, raw.get(name), optional=True)
+    figure(owner, "overhead", raw.get("overhead"), optional=True, signed=True)
+    for name in ("first_loss", "final_loss", "error_code"):
+        kind(owner, name, raw.get(name), (int, float), optional=True)
+    figure(owner, "tile", raw.get("tile"), optional=True, positive=True, whole=True)
+    figure(owner, "threads", raw.get("threads"), optional=True, whole=True)
+    figure(owner, "warmup", raw.get("warmup", 0), whole=True)
+    for name in ("engine", "thread_counts", "environment"):
+        kind(owner, name, raw.get(name, {}), dict)
+    build = (raw.get("engine") or {}).get("build_seconds")
+    figure(owner, "build_seconds", build, optional=True)
+    series(owner, "iteration_seconds", raw.get("iteration_seconds", []))
+    stats = raw.get("stats")
+    if stats is None and raw.get("status") == "ok":
+        raise Problem(f"{owner} is marked measured but has no stats")
+    if stats is not None:
+        mapping(owner, "stats", stats)
+        figure(owner, "median", stats.get("median"), positive=True)
+        for name in _STATS[1:]:
+            figure(owner, name, stats.get(name))
+        for name in ("mean", "stdev", "n"):
+            figure(owner, name, stats.get(name), optional=True)
+        ordered = [stats[name] for name in ("min", "q1", "median", "q3", "max")]
+        if any(later < earlier * (1 - 1e-9) for earlier, later in zip(ordered, ordered[1:])):
+            raise Problem(f"{owner} has stats out of order (min ≤ q1 ≤ median ≤ q3 ≤ max fails: {', '.join(f'{value:g}' for value in ordered)})")
+    kind(owner, "windows", raw.get("windows", []), list)
+    for number, window in enumerate(raw.get("windows", []), 1):
+        _window(f"{owner} window {number}", window)
+    kind(owner, "noise", raw.get("noise", []), list)
+    for reason in raw.get("noise", []):
+        mapping(owner, "noise reason", reason)
+        kind(owner, "noise kind", reason.get("kind"), str)
+        kind(owner, "noise text", reason.get("text"), str)
+    check = raw.get("check")
+    if check is not None:
+        mapping(owner, "check", check)
+        figure(owner, "gradient error", check.get("grad_error"), optional=True)
+    known = {item.name for item in fields(Cell)}
+    return Cell(**{key: value for key, value in raw.items() if key in known})
+
+
+def _window(owner: str, window: Any) -> None:
+    mapping(owner, "window", window)
+    figure(owner, "iterations", window.get("iterations"))
+    figure(owner, "seconds", window.get("seconds"), positive=True)
+    figure(owner, "round", window.get("round"), optional=True, whole=True)
+    figure(owner, "cpu_seconds", window.get("cpu_seconds"), optional=True)
 
 
 def load_report(path: str | Path) -> Report:

@@ -31,9 +31,10 @@ def to_rich(table: TableData) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    rendered = Table(title=table.title or None, title_justify="left")
+    # Text, not str: a report or file name with brackets is shown as it is, not read as rich markup.
+    rendered = Table(title=Text(table.title, style="table.title") if table.title else None, title_justify="left")
     for index, column in enumerate(table.columns):
-        rendered.add_column(column, justify="left" if index < table.left else "right")
+        rendered.add_column(Text(column), justify="left" if index < table.left else "right")
     for index, row in enumerate(table.rows):
         cells = []
         for value in row:
