@@ -7,6 +7,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu-acceptance.sh"
 
@@ -16,6 +18,7 @@ def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) ->
     return subprocess.run([str(SCRIPT), *args], cwd=REPO, env=environment, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # ≈55 s on an Intel Xeon, ≈2 min on an AMD EPYC without AVX-512; `make gpu-dry-run` and `make test-all` run it
 def test_dry_run_runs_every_stage_and_packs_the_reports(tmp_path):
     out = tmp_path / "acceptance"
     result = _run("", str(out), env={"DRY_RUN": "1", "ACCEPTANCE_SECONDS": "240"})

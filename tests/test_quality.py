@@ -57,6 +57,7 @@ def test_report_show_renders_a_quality_report(tmp_path, cli):
     assert "time to quality" in shown.stdout and "torch-cpu bf16 lbfgs" in shown.stdout and "2.00×" in shown.stdout
 
 
+@pytest.mark.slow  # two real converge workers and their scoring (≈45 s on 2 vCPUs); `make test-all` runs it
 def test_a_short_real_run_scores_every_snapshot_and_refuses_runs_shorter_than_an_iteration(tmp_path):
     configs = [QualityConfig(Runner("onnxruntime", "cpu"), "fp32", "lbfgs"), QualityConfig(Runner("eager", "cpu"), "fp32", "adam")]
     (tmp_path / "q.json").write_text('{"runs": [{"status": "ok", "yardstick": [1.0]}, {"status": "ok", "yardstick": [1.0]}, {"status": "ok", "yardstick": [1.0]}]}')
