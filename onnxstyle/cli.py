@@ -261,7 +261,8 @@ def stylize(
                     content, styles, output, size=plan[0], init=init or "random", progress=report, config=config, deadline=deadline
                 )
     finally:
-        progress.stop()
+        if progress.live.is_started:  # stopping a bar that never started prints an empty line
+            progress.stop()
     _print_stylized(result)
 
 
