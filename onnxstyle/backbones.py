@@ -55,7 +55,6 @@ class BackboneSpec:
     layers: tuple[LayerSpec, ...]
     default_content_layers: tuple[str, ...]
     default_style_layers: tuple[str, ...]
-    default_weights: str
     description: str
 
     @property
@@ -174,7 +173,6 @@ BACKBONES: dict[str, BackboneSpec] = {
         layers=_vgg19_layers(),
         default_content_layers=("relu4_2",),
         default_style_layers=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
-        default_weights="vgg19",
         description="VGG19 (torchvision layout, conv1_1…relu5_4)",
     ),
     "nin": BackboneSpec(
@@ -183,7 +181,6 @@ BACKBONES: dict[str, BackboneSpec] = {
         layers=_nin_layers(),
         default_content_layers=("relu7",),
         default_style_layers=("relu0", "relu3", "relu7", "relu10"),
-        default_weights="nin-imagenet",
         description="NIN-ImageNet (Caffe layout, relu0…relu12, ceil-mode pools)",
     ),
 }

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from onnxstyle import __version__
+from onnxstyle import __version__, defaults
 from onnxstyle.errors import OnnxstyleError, UsageError
 
 app = typer.Typer(
@@ -190,18 +190,18 @@ def stylize(
     content: Annotated[Optional[str], typer.Argument(help="Content image.")] = None,
     styles: Annotated[Optional[list[str]], typer.Argument(help="One or more style images.")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Output image (.png/.jpg/.webp/.tif).")] = Path("out.png"),
-    demo: Annotated[bool, typer.Option(help="Use the built-in demo images (offline; 256 px, 100 iterations from the content image unless set).")] = False,
+    demo: Annotated[bool, typer.Option(help=f"Use the built-in demo images (offline; {defaults.DEMO_SIZE} px, {defaults.DEMO_ITERATIONS} iterations from the content image unless set).")] = False,
     engine: Annotated[str, typer.Option(help="onnxruntime or torch.")] = "onnxruntime",
     provider: Annotated[str, typer.Option(help="ORT provider (cpu, cuda, tensorrt, …) or torch device (cpu, cuda).")] = "cpu",
     model: Annotated[str, typer.Option(help="vgg or nin.")] = "vgg",
     weights: Annotated[str, typer.Option(help="auto | synthetic | catalogue id | PATH.")] = "auto",
-    size: Annotated[Optional[str], typer.Option(help="Longest side, or WIDTHxHEIGHT (default 512).")] = None,
-    iterations: Annotated[Optional[int], typer.Option(help="Iterations (L-BFGS: loss+gradient evaluations); default 1000.")] = None,
+    size: Annotated[Optional[str], typer.Option(help=f"Longest side, or WIDTHxHEIGHT (default {defaults.SIZE}).")] = None,
+    iterations: Annotated[Optional[int], typer.Option(help=f"Iterations (L-BFGS: loss+gradient evaluations); default {defaults.ITERATIONS}.")] = None,
     optimizer: Annotated[str, typer.Option(help="lbfgs or adam.")] = "lbfgs",
-    learning_rate: Annotated[float, typer.Option(help="Adam learning rate (pixels in [0, 1]).")] = 0.02,
-    content_weight: Annotated[float, typer.Option()] = 5.0,  # losses.CONTENT_WEIGHT (cli imports no torch)
-    style_weight: Annotated[float, typer.Option()] = 100.0,  # losses.STYLE_WEIGHT
-    tv_weight: Annotated[float, typer.Option()] = 1e-3,  # losses.TV_WEIGHT
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate (pixels in [0, 1]).")] = defaults.LEARNING_RATE,
+    content_weight: Annotated[float, typer.Option()] = defaults.CONTENT_WEIGHT,
+    style_weight: Annotated[float, typer.Option()] = defaults.STYLE_WEIGHT,
+    tv_weight: Annotated[float, typer.Option()] = defaults.TV_WEIGHT,
     content_layers: Annotated[Optional[str], typer.Option()] = None,
     style_layers: Annotated[Optional[str], typer.Option()] = None,
     style_blend_weights: Annotated[Optional[str], typer.Option(help="One weight per style image, e.g. 3,7.")] = None,
@@ -388,13 +388,11 @@ def bench(
     cluster: Annotated[Optional[str], typer.Option(help="Measure on every node of a Ray cluster (HOST:PORT, ray://HOST:PORT or local), each node the cells it can run; one report, by node.")] = None,
 ) -> None:
     """Iterations per minute by runner × model × size, beside the 2016 study; writes reports."""
-    import time
-
     from onnxstyle.bench.options import bench_options
     from onnxstyle.bench.records import Cell
-    from onnxstyle.bench.run import BenchRun, nothing_measured, run_bench
-    from onnxstyle.errors import OutputError
-    from onnxstyle.report import LiveReport, ReportWriter, check_directory, check_stem, new_report
+    from onnxstyle.bench.run import BenchRun, run_bench
+    from onnxstyle.report import check_directory, check_stem, new_report
+    from onnxstyle.report.run import ReportRun
     from onnxstyle.weights import resolve
 
     if name:
@@ -411,115 +409,102 @@ def bench(
     check_directory(out_dir)
     _warn_threads(threads)
     _warn_environment()
-    labels = {spec.name: resolve(weights, spec).label for spec in options.models}
-    if any("timing only" in label for label in labels.values()):
+    resolved = {spec.name: resolve(weights, spec) for spec in options.models}
+    labels = {backbone: chosen.label for backbone, chosen in resolved.items()}
+    if any(chosen.weight_set.synthetic for chosen in resolved.values()):
         err.print("[yellow]weights: synthetic — timing only (speed is what is measured; images are not meaningful)[/]")
     progress, task, on_progress = _bench_progress(len(options.runners) * len(options.models) * len(options.sizes) * len(options.precisions))
-    stem = check_stem(name) if name else time.strftime("bench-%Y%m%d-%H%M%S")
-    writer = ReportWriter(out_dir, stem)
-    if writer.stem != stem:
-        err.print(f"{out_dir / stem}.* is being written by another bench that is still running; this run writes {writer.stem}.*", style="yellow", highlight=False, markup=False)
-    live = LiveReport(writer, new_report([], options.as_dict(), {}, labels, ["onnxstyle", *sys.argv[1:]], False))
+    report = new_report([], options.as_dict(), {}, labels, ["onnxstyle", *sys.argv[1:]], False)
+    with ReportRun(
+        out_dir, name, command="bench", report=report, holder="bench that is still running", on_moved=_say_yellow,
+        on_failure=lambda text: progress.console.print(text, style="red", highlight=False, markup=False),
+    ) as run:
 
-    def on_cell(cell: Cell, run: BenchRun) -> None:
-        progress.advance(task)
-        figure = f"{cell.stats['median']:,.1f} it/min" if cell.stats else f"{cell.status}: {cell.reason}"
-        if cell.noisy:
-            figure += f"  [noisy: {'; '.join(reason['text'] for reason in cell.noise)}]"
-        progress.console.print(f"  {cell.model:6} {cell.runner:14} {cell.precision:5} {cell.width}x{cell.height:<5} {figure}", highlight=False, markup=False)
-        if (failure := live.update(run.cells, run.roofs, run.interrupted)) is not None:
-            progress.console.print(f"could not write the report: {failure}", style="red", highlight=False, markup=False)
+        def on_cell(cell: Cell, bench: BenchRun) -> None:
+            progress.advance(task)
+            figure = f"{cell.stats['median']:,.1f} it/min" if cell.stats else f"{cell.status}: {cell.reason}"
+            if cell.noisy:
+                figure += f"  [noisy: {'; '.join(reason['text'] for reason in cell.noise)}]"
+            progress.console.print(f"  {cell.model:6} {cell.runner:14} {cell.precision:5} {cell.width}x{cell.height:<5} {figure}", highlight=False, markup=False)
+            run.update(bench.cells, bench.roofs, bench.interrupted)
 
-    try:
         with progress:
             cells, roofs, interrupted = run_bench(options, progress=on_progress, on_cell=on_cell)
-        live.update(cells, roofs, interrupted, final=True)
-    finally:
-        writer.close()
-    _show(live.report, verdict=False)
-    for kind, path in writer.paths.items():
-        out.print(f"{kind:4} {path}", highlight=False, markup=False)
-    if writer.kept:
-        err.print(writer.kept, style="yellow", highlight=False, markup=False)
-    _verdict(live.report)
-    if live.errors:
-        raise OutputError(f"{live.errors[-1]}; the measurements are lost unless an earlier write of {writer.stem}.json survived")
+        run.update(cells, roofs, interrupted, final=True)
+    _end_bench(run, cells, interrupted)
+
+
+def _end_bench(run: Any, cells: list[Any], interrupted: bool) -> None:
+    """A bench's (or a cluster bench's) tables, files, verdict, and its exit: a failed write, an interruption, or nothing measured."""
+    _show(run.report, verdict=False)
+    _report_paths(run)
+    _verdict(run.report)
+    run.check_written()
     if interrupted:
-        raise _bench_interrupted(writer.paths, cells)
-    if (unmeasured := nothing_measured(cells)) is not None:
+        raise run.interrupted(f"the {sum(cell.status == 'ok' for cell in cells)} cells measured", "nothing was measured")
+    _exit_if_unmeasured(cells, "cell")
+
+
+def _report_paths(run: Any) -> None:
+    """The files a report run wrote, then the fuller earlier report it left in place, if any."""
+    for line in run.path_lines():
+        out.print(line, highlight=False, markup=False)
+    if run.kept:
+        _say_yellow(run.kept)
+
+
+def _say_yellow(text: str) -> None:
+    err.print(text, style="yellow", highlight=False, markup=False)
+
+
+def _exit_if_unmeasured(outcomes: list[Any], unit: str) -> None:
+    """Nothing measured: the first failure's line, and its exit code (2 when everything was skipped)."""
+    from onnxstyle.bench.run import nothing_measured
+
+    if (unmeasured := nothing_measured(outcomes, unit=unit)) is not None:
         err.print("[red]error:[/] ", end="")
         err.print(unmeasured[0], highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(unmeasured[1])
-
-
-def _bench_interrupted(paths: dict[str, Path], cells: list[Any]) -> Exception:
-    """The line an interrupted bench ends with: what it kept, as every interrupted command says."""
-    from onnxstyle.errors import Interrupted
-
-    measured = sum(cell.status == "ok" for cell in cells)
-    return Interrupted(f"bench interrupted; kept {paths['json']} with the {measured} cells measured" if paths else "bench interrupted; nothing was measured")
 
 
 def _cluster_bench(request: dict[str, Any], address: str, out_dir: Path, name: str | None) -> None:
     """``bench --cluster``: the nodes decide what they can run; the report is rewritten after every cell that comes back."""
-    import time
-
-    from onnxstyle.bench.options import BenchOptions, parse_models, parse_precisions, parse_sizes
-    from onnxstyle.bench.run import nothing_measured
+    from onnxstyle.bench.options import bench_options
     from onnxstyle.cluster import parse_address
     from onnxstyle.cluster.bench import ClusterRun, run_cluster_bench
-    from onnxstyle.report import LiveReport, ReportWriter, check_directory, check_stem, new_report
+    from onnxstyle.report import check_directory, new_report
+    from onnxstyle.report.run import ReportRun
     from onnxstyle.weights import resolve
 
     address = parse_address(address)
-    models, sizes = parse_models(request["model"]), parse_sizes(request["sizes"])
-    grid = [(spec.name, width, height) for spec in models for width, height in sizes]
-    shape = BenchOptions([], models, sizes, parse_precisions(request["precision"]), duration=None if request["iterations"] else request["duration"],
-                         iterations=request["iterations"], runs=request["runs"], warmup=request["warmup"], threads=request["threads"],
-                         weights=request["weights"], check=request["check"], tile=request["tile"], cuda_graph=request["cuda_graph"],
-                         interleave=request["interleave"])
+    options = bench_options(**request, local_runners=False)
+    grid = [(spec.name, width, height) for spec in options.models for width, height in options.sizes]
     check_directory(out_dir)
-    stem = check_stem(name) if name else time.strftime("bench-%Y%m%d-%H%M%S")
-    writer = ReportWriter(out_dir, stem)
-    labels = {spec.name: resolve(request["weights"], spec).label for spec in models}
-    live = LiveReport(writer, new_report([], {**shape.as_dict(), "cluster": address, "runners": request["provider"] or "every usable one, per node"}, {}, labels, ["onnxstyle", *sys.argv[1:]], False))
-
-    def on_change(run: ClusterRun) -> None:
-        assert live.report is not None
-        live.report.nodes = run.nodes
-        if (failure := live.update(run.cells, run.roofs, run.interrupted)) is not None:
-            err.print(f"could not write the report: {failure}", style="red", highlight=False, markup=False)
-
+    labels = {spec.name: resolve(request["weights"], spec).label for spec in options.models}
+    report = new_report([], {**options.as_dict(), "cluster": address, "runners": request["provider"] or "every usable one, per node"}, {}, labels, ["onnxstyle", *sys.argv[1:]], False)
     shown: set[tuple[str, str, int, int, str]] = set()
+    with ReportRun(out_dir, name, command="bench", report=report, on_failure=_say_red) as run:
 
-    def on_progress(run: ClusterRun) -> None:
-        for cell in run.cells:
-            if cell.key not in shown and cell.status != "pending":
-                shown.add(cell.key)
-                figure = f"{cell.stats['median']:,.1f} it/min" if cell.stats else f"{cell.status}: {cell.reason}"
-                out.print(f"  {cell.model:6} {cell.label:28} {cell.precision:5} {cell.width}x{cell.height:<5} {figure}", highlight=False, markup=False)
-        on_change(run)
+        def on_change(cluster: ClusterRun) -> None:
+            for cell in cluster.cells:
+                if cell.key not in shown and cell.status != "pending":
+                    shown.add(cell.key)
+                    figure = f"{cell.stats['median']:,.1f} it/min" if cell.stats else f"{cell.status}: {cell.reason}"
+                    out.print(f"  {cell.model:6} {cell.label:28} {cell.precision:5} {cell.width}x{cell.height:<5} {figure}", highlight=False, markup=False)
+            run.report.nodes = cluster.nodes
+            run.update(cluster.cells, cluster.roofs, cluster.interrupted)
 
-    try:
         with err.status(Text(f"benchmarking on the cluster at {address}…")), _interrupt_note(
             f"bench interrupted while setting up the cluster at {address}; nothing was measured and no report was written"
         ):
-            run = run_cluster_bench(request, grid, address=address, on_change=on_progress)
-        assert live.report is not None
-        live.report.nodes = run.nodes
-        live.update(run.cells, run.roofs, run.interrupted, final=True)
-    finally:
-        writer.close()
-    _show(live.report, verdict=False)
-    for kind, path in writer.paths.items():
-        out.print(f"{kind:4} {path}", highlight=False, markup=False)
-    _verdict(live.report)
-    if run.interrupted:
-        raise _bench_interrupted(writer.paths, run.cells)
-    if (unmeasured := nothing_measured(run.cells)) is not None:
-        err.print("[red]error:[/] ", end="")
-        err.print(unmeasured[0], highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(unmeasured[1])
+            cluster = run_cluster_bench(request, grid, address=address, on_change=on_change)
+        run.report.nodes = cluster.nodes
+        run.update(cluster.cells, cluster.roofs, cluster.interrupted, final=True)
+    _end_bench(run, cluster.cells, cluster.interrupted)
+
+
+def _say_red(text: str) -> None:
+    err.print(text, style="red", highlight=False, markup=False)
 
 
 @app.command("cluster-scale")
@@ -532,39 +517,22 @@ def cluster_scale(
     name: Annotated[str, typer.Option(help="Report file stem.")] = "cluster-scale",
 ) -> None:
     """Tiled VGG19 over N nodes: bytes and compute per tile, the modelled speed-up on 1–64 nodes, and Ray's measured overhead."""
-    import json as json_module
+    from onnxstyle.cluster.scale import cluster_scale as measure_scale
+    from onnxstyle.cluster.scale import scale_request
+    from onnxstyle.report import check_directory, check_stem
+    from onnxstyle.report.run import ReportRun
+    from onnxstyle.report.scale import scale_files, scale_markdown
 
-    from onnxstyle.backbones import get_backbone
-    from onnxstyle.bench.options import parse_sizes
-    from onnxstyle.cluster.scale import as_json, check_request, markdown, measure_driver, measure_overhead, measure_tile, scale_table
-    from onnxstyle.engines import EngineSpec
-    from onnxstyle.memory import free_bytes
-    from onnxstyle.report import ReportWriter, check_directory, check_stem
-    from onnxstyle.sysinfo import fingerprint
-    from onnxstyle.tiling import TilePlan
-    from onnxstyle.weights import resolve
-
-    (width, height), = parse_sizes(size)
-    vgg = get_backbone("vgg19")
-    spec = EngineSpec.defaults(vgg, resolve(weights, vgg))
-    check_request(spec, width, height, tile, overhead_size, free_bytes("cpu"))
+    request = scale_request(size, core=tile, overhead_size=overhead_size, weights=weights)
     check_directory(out_dir)
     check_stem(name)
-    rows, cols = TilePlan.create(vgg, spec.layers, height, width, tile).largest_tile
-    with err.status(f"timing one {cols}x{rows} tile and the driver's work at {width}x{height}…"):
-        tile_seconds = measure_tile(spec, rows, cols)
-        driver_seconds = measure_driver(spec, width, height)
-    table = scale_table(spec, width, height, tile, tile_seconds, driver_seconds, str(fingerprint()["cpu"]))
-    overhead = None
-    if overhead_size:
-        with err.status(f"measuring Ray's overhead at {overhead_size} px on a local cluster…"):
-            overhead = measure_overhead(spec, size=overhead_size, core=tile)
-    text = markdown(table, overhead)
-    with ReportWriter(out_dir, name, measured_in=lambda path: 0, unit="tables") as writer:
-        paths = writer.write_files(1, {"json": json_module.dumps(as_json(table, overhead), indent=1) + "\n", "md": text})
-    out.print(text, highlight=False, markup=False)
-    for kind, path in paths.items():
-        out.print(f"{kind:4} {path}", highlight=False, markup=False)
+    with err.status("…") as status:
+        table, overhead = measure_scale(request, on_stage=lambda text: status.update(text))
+    with ReportRun(out_dir, name, command="cluster-scale", measured_in=lambda path: 0, unit="tables") as run:
+        run.save(1, scale_files(table, overhead))
+    run.check_written(lost=False)
+    out.print(scale_markdown(table, overhead), highlight=False, markup=False)
+    _report_paths(run)
 
 
 @app.command()
@@ -579,46 +547,33 @@ def parity(
     name: Annotated[Optional[str], typer.Option(help="Report file stem (default parity-YYYYmmdd-HHMMSS).")] = None,
 ) -> None:
     """Gradient parity of each runner against torch autograd (CPU, fp32) at the sizes given, with the same targets."""
-    import time
-
-    from onnxstyle.bench.run import nothing_measured
-    from onnxstyle.errors import Interrupted, OutputError
-    from onnxstyle.parity import ParityRow, gradient_parity, measured, parity_files, parity_plan, rows_in
-    from onnxstyle.report import LiveReport, ReportWriter, check_directory, check_stem
+    from onnxstyle.parity import gradient_parity, parity_plan
+    from onnxstyle.report import check_directory
+    from onnxstyle.report.parity import ParityRow, measured, parity_files, rows_in
+    from onnxstyle.report.run import ReportRun
     from onnxstyle.sysinfo import fingerprint
 
     plan = parity_plan(provider=provider, model=model, sizes=sizes, precision=precision, threads=threads)
     check_directory(out_dir)
     _warn_threads(threads)
     _warn_environment()
-    stem = check_stem(name) if name else time.strftime("parity-%Y%m%d-%H%M%S")
     system = fingerprint()
     rows: list[ParityRow] = []
-    with ReportWriter(out_dir, stem, measured_in=rows_in, unit="measured rows") as writer:
-        live = LiveReport(writer)
+    with ReportRun(out_dir, name, command="parity", measured_in=rows_in, unit="measured rows", on_failure=_say_red) as run:
 
         def on_row(row: ParityRow) -> None:
             rows.append(row)
             figure = f"{row.status}: {row.error}" if row.status != "ok" else f"gradient {row.grad_error:.1e}, loss {row.loss_error:.1e} ({row.seconds:.1f} s)"
             out.print(f"  {row.model:6} {row.width}x{row.height:<5} {row.runner:14} {row.precision:5} {figure}", highlight=False, markup=False)
-            if (failure := live.save(measured(rows), parity_files(rows, system))) is not None:
-                err.print(f"could not write the report: {failure}", style="red", highlight=False, markup=False)
+            run.save(measured(rows), parity_files(rows, system))
 
         try:
             gradient_parity(plan, weights=weights, threads=threads, on_row=on_row)
         except KeyboardInterrupt:
-            kept = f"kept {writer.paths['json']} with the {measured(rows)} rows measured so far" if writer.paths else "nothing was measured yet"
-            raise Interrupted(f"parity interrupted; {kept}") from None
-    for kind, path in writer.paths.items():
-        out.print(f"{kind:4} {path}", highlight=False, markup=False)
-    if writer.kept:
-        err.print(writer.kept, style="yellow", highlight=False, markup=False)
-    if live.errors:
-        raise OutputError(f"{live.errors[-1]}; the measurements are lost unless an earlier write of {writer.stem}.json survived")
-    if (unmeasured := nothing_measured(rows, unit="row")) is not None:
-        err.print("[red]error:[/] ", end="")
-        err.print(unmeasured[0], highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(unmeasured[1])
+            raise run.interrupted(f"the {measured(rows)} rows measured so far", "nothing was measured yet") from None
+    _report_paths(run)
+    run.check_written()
+    _exit_if_unmeasured(rows, "row")
 
 
 @app.command()
@@ -632,65 +587,47 @@ def converge(
     name: Annotated[Optional[str], typer.Option(help="Report file stem (default quality-YYYYmmdd-HHMMSS).")] = None,
 ) -> None:
     """Time to quality: every configuration runs the same problem for the same wall time; the fp32 torch loss scores its snapshots."""
-    import time
-
-    from onnxstyle.bench.options import parse_sizes
-    from onnxstyle.errors import Interrupted, OutputError
+    from onnxstyle.bench.options import parse_seconds, parse_square_sizes
     from onnxstyle.quality import DEFAULT_CONFIGS, parse_configs
     from onnxstyle.quality import converge as run_converge
-    from onnxstyle.report import LiveReport, ReportWriter, check_directory, check_stem, to_rich
+    from onnxstyle.report import check_directory, check_stem, to_rich
     from onnxstyle.report.quality import measured_in, quality_files, quality_table, scored
+    from onnxstyle.report.run import ReportRun
 
     check_directory(out_dir)
-    stem = check_stem(name) if name else time.strftime("quality-%Y%m%d-%H%M%S")
-    size_pairs = parse_sizes(sizes)
-    if (oblong := next(((width, height) for width, height in size_pairs if width != height), None)) is not None:
-        raise UsageError(f"converge runs square images; --sizes {oblong[0]}x{oblong[1]} is not square: give one side, e.g. {min(oblong)}")
-    size_list = [width for width, _height in size_pairs]
-    try:
-        budgets = [float(item) for item in seconds.split(",")]
-    except ValueError:
-        raise UsageError(f"--seconds needs numbers such as 60 or 60,150, got '{seconds}'") from None
+    if name:
+        check_stem(name)
+    size_list, budgets = parse_square_sizes(sizes, "converge"), parse_seconds(seconds)
     _warn_threads(threads)
     chosen = parse_configs(configs or DEFAULT_CONFIGS)
     command = ["onnxstyle", *sys.argv[1:]]
-    writer = ReportWriter(out_dir, stem, measured_in=measured_in, unit="scored configurations")
-    if writer.stem != stem:
-        err.print(f"{out_dir / stem}.* is being written by another run that is still going; this run writes {writer.stem}.*", style="yellow", highlight=False, markup=False)
-    live = LiveReport(writer)
+    with ReportRun(
+        out_dir, name, command="converge", prefix="quality", measured_in=measured_in, unit="scored configurations",
+        on_moved=_say_yellow, on_failure=_say_red,
+    ) as run:
 
-    def save(report: Any) -> None:
-        """After every configuration: an interrupted or killed run keeps what it measured, and never replaces a fuller
-        report; a failed write is said once and the run goes on (the last error ends the command)."""
-        report.options["command"] = command
-        if (failure := live.save(scored(report), quality_files(report))) is not None:
-            err.print(f"could not write the report: {failure}", style="red", highlight=False, markup=False)
+        def save(report: Any) -> None:
+            """After every configuration: an interrupted or killed run keeps what it measured, and never replaces a fuller report."""
+            report.options["command"] = command
+            run.save(scored(report), quality_files(report))
 
-    try:
-        with err.status("…") as status:
-            report = run_converge(
-                configs=chosen, sizes=size_list, seconds=budgets, weights=weights, threads=threads,
-                progress=lambda text: status.update(text), on_update=save,
-            )
-    except KeyboardInterrupt:
-        kept = f"kept {writer.paths['json']} with the configurations measured so far" if writer.paths else "nothing was measured yet"
-        raise Interrupted(f"converge interrupted; {kept}") from None
-    finally:
-        writer.close()
-    if "timing only" in report.weights:
+        try:
+            with err.status("…") as status:
+                report = run_converge(
+                    configs=chosen, sizes=size_list, seconds=budgets, weights=weights, threads=threads,
+                    progress=lambda text: status.update(text), on_update=save,
+                )
+        except KeyboardInterrupt:
+            raise run.interrupted("the configurations measured so far", "nothing was measured yet") from None
+    if report.timing_only:
         err.print("[yellow]weights: synthetic — losses of synthetic weights say nothing about image quality[/]")
     out.print(to_rich(quality_table(report)))
-    for kind, path in writer.paths.items():
-        out.print(f"{kind:4} {path}", highlight=False, markup=False)
-    if writer.kept:
-        err.print(writer.kept, style="yellow", highlight=False, markup=False)
-    if live.errors:
-        raise OutputError(live.errors[-1])
+    _report_paths(run)
+    run.check_written(lost=False)
     if report.interrupted:
-        measured = scored(report)
-        kept = f"kept {writer.paths['json']} with {measured} configuration{'' if measured == 1 else 's'} measured" if writer.paths else "nothing was written"
+        count = scored(report)
         never = f"; not run: {', '.join(report.not_run)}" if report.not_run else ""
-        raise Interrupted(f"converge interrupted; {kept}{never}")
+        raise run.interrupted(f"{count} configuration{'' if count == 1 else 's'} measured{never}", f"nothing was written{never}")
 
 
 @app.command()

@@ -1,6 +1,6 @@
 """Typed errors: every failure a user can cause maps to one line and a distinct exit code.
 
-The classes below are the single source of the exit codes: ``exit_code_table()`` lists them, the README's
+The classes below are the single source of the exit codes: ``exit_code_table()`` lists them, the exit-code
 table is generated from it (``python -m onnxstyle.errors``), and a test keeps the two equal.
 """
 
@@ -132,7 +132,7 @@ def exit_code_table() -> list[tuple[int, str, str]]:
 
 
 def exit_code_markdown() -> str:
-    """The README's exit-code table, generated from the classes above."""
+    """The exit-code table of docs/reliability.md, generated from the classes above."""
     lines = ["| code | meaning | error |", "|---|---|---|", "| 0 | success | – |"]
     lines += [f"| {code} | {meaning} | `{name}` |" for code, name, meaning in exit_code_table()]
     return "\n".join(lines)

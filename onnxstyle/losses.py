@@ -11,10 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-# jcjohnson/neural-style's defaults, per content layer and per style layer, and for total variation.
-CONTENT_WEIGHT = 5.0
-STYLE_WEIGHT = 100.0
-TV_WEIGHT = 1e-3
+from onnxstyle.defaults import CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -49,7 +46,7 @@ class LossWeights:
 
     @classmethod
     def neural_style(cls, content_layers: int, style_layers: int) -> LossWeights:
-        """The defaults (content 5, style 100 per layer, TV 1e-3) for this many content and style layers."""
+        """neural-style's default weights (``onnxstyle.defaults``) for this many content and style layers."""
         return cls((CONTENT_WEIGHT,) * content_layers, (STYLE_WEIGHT,) * style_layers, TV_WEIGHT)
 
 

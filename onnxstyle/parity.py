@@ -7,39 +7,15 @@ compared with torch autograd on the CPU in fp32 (the reference implementation).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from onnxstyle.backbones import BackboneSpec
 from onnxstyle.errors import OnnxstyleError, ProviderError, UsageError, first_line
-from onnxstyle.report.formats import FileContent
+from onnxstyle.report.parity import ParityRow
 from onnxstyle.runners import Runner
 from onnxstyle.weights import resolve
-
-
-@dataclass
-class ParityRow:
-    """One runner at one model and size: its errors against the reference, or why it has none."""
-
-    model: str
-    width: int
-    height: int
-    runner: str
-    precision: str
-    status: str = "ok"  # ok | failed | skipped
-    loss_error: float | None = None
-    grad_error: float | None = None
-    seconds: float | None = None
-    error: str = ""  # why the row failed or was skipped
-    error_code: int | None = None  # the exit code of the failure's error class
-
-    @property
-    def reason(self) -> str:
-        """``error`` by the name bench cells use, so the bench's "nothing measured" rule reads rows too."""
-        return self.error
 
 
 @dataclass(frozen=True)
@@ -78,9 +54,8 @@ def gradient_parity(
     precision or the size, gets a row saying why."""
     import torch
 
-    from onnxstyle.bench.loops import gradient_check_images, reference_gradient, runner_loss_and_grad
+    from onnxstyle import gradient_checks  # torch: loaded to compute rows, not to read a report
     from onnxstyle.engines import EngineSpec
-    from onnxstyle.exporters.validation import relative_error
     from onnxstyle.runners import precision_support
 
     rows: list[ParityRow] = []
@@ -99,8 +74,8 @@ def gradient_parity(
                 for runner in plan.runners:
                     add(ParityRow(backbone.name, width, height, runner.label, plan.precision, status="skipped", error=problem))
                 continue
-            content, style, image = gradient_check_images(width, height)
-            targets, expected_terms, expected_grad = reference_gradient(spec, content, style, image, threads)
+            content, style, image = gradient_checks.gradient_check_images(width, height)
+            reference = gradient_checks.reference_gradient(spec, content, style, image, threads)
             for runner in plan.runners:
                 row = ParityRow(backbone.name, width, height, runner.label, plan.precision)
                 if (unsupported := precision_support(runner, plan.precision)) is not None:
@@ -109,9 +84,10 @@ def gradient_parity(
                     continue
                 started = time.perf_counter()
                 try:
-                    loss, grad = runner_loss_and_grad(runner, spec, targets, content, style, image, threads, plan.precision)
-                    row.loss_error = abs(loss - expected_terms.total) / abs(expected_terms.total)
-                    row.grad_error = float(relative_error(grad.detach().cpu().numpy(), expected_grad.numpy()))
+                    loss, grad = gradient_checks.runner_loss_and_grad(
+                        runner, spec, reference.targets, content, style, image, threads, plan.precision
+                    )
+                    row.loss_error, row.grad_error = gradient_checks.errors_against(reference, loss, grad)
                 except Exception as error:  # ORT's run errors derive from Exception; a failed runner is a row, not a crash
                     row.status, row.error = "failed", first_line(error)
                     row.error_code = error.exit_code if isinstance(error, OnnxstyleError) else ProviderError.exit_code
@@ -120,40 +96,3 @@ def gradient_parity(
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
     return rows
-
-
-def parity_markdown(rows: list[ParityRow], system: dict[str, object]) -> str:
-    lines = [
-        "# Gradient parity against torch autograd (CPU, fp32)",
-        "",
-        f"{system.get('cpu', '?')}; GPU {system.get('gpu', 'none')}; {system.get('onnxruntime', '?')}; torch {system.get('torch', '?')}",
-        "",
-        "| model | size | runner | precision | grad rel. error | loss rel. error | s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        if row.status != "ok":
-            lines.append(f"| {row.model} | {row.width}x{row.height} | {row.runner} | {row.precision} | {row.status}: {row.error} | – | – |")
-        else:
-            lines.append(
-                f"| {row.model} | {row.width}x{row.height} | {row.runner} | {row.precision} | {row.grad_error:.1e} | {row.loss_error:.1e} | {row.seconds:.1f} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def parity_files(rows: list[ParityRow], system: dict[str, object]) -> dict[str, FileContent]:
-    document = {"kind": "gradient-parity", "reference": "torch autograd, cpu, fp32", "system": system, "rows": [asdict(row) for row in rows]}
-    return {"json": json.dumps(document, indent=1) + "\n", "md": parity_markdown(rows, system)}
-
-
-def measured(rows: list[ParityRow]) -> int:
-    """Rows that measured something: what decides whether a report may replace another, and the exit code."""
-    return sum(row.status == "ok" for row in rows)
-
-
-def rows_in(path: Path) -> float:
-    """Measured rows an existing parity report holds (unreadable: never replaced)."""
-    try:
-        return sum(not row.get("error") for row in json.loads(path.read_text())["rows"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return float("inf")

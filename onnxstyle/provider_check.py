@@ -20,10 +20,17 @@ import numpy as np
 import torch
 
 from onnxstyle.backbones import get_backbone
-from onnxstyle.engines.base import EngineSpec, Targets
+from onnxstyle.engines.base import EngineSpec
 from onnxstyle.errors import first_line
 from onnxstyle.exporters.validation import relative_error
-from onnxstyle.losses import gram_matrix, objective
+from onnxstyle.gradient_checks import (
+    GradientReference,
+    check_side,
+    errors_against,
+    float64_gradient,
+    gradient_check_images,
+    reference_gradient,
+)
 from onnxstyle.plugin_eps import ep_name_of
 from onnxstyle.precision import PROVIDER_PARITY_TOLERANCE, TF32_ERROR_FLOOR, set_tf32, tf32_override
 from onnxstyle.providers import (
@@ -35,10 +42,9 @@ from onnxstyle.providers import (
     probe_providers,
     short_name,
 )
-from onnxstyle.weights import build_backbone, resolve
+from onnxstyle.weights import resolve
 
 CHECK_BACKBONE = "nin"
-CHECK_SIDE = 64
 # Operators that only compute shapes: on fixed-shape providers ORT should have folded every one of them.
 SHAPE_OPS = ("Shape", "Size", "ConstantOfShape", "Range")
 MEMCPY_OPS = ("MemcpyToHost", "MemcpyFromHost")
@@ -92,14 +98,12 @@ class ProviderCheck:
 
 @dataclass
 class CheckProblem:
-    """The small problem every runner solves: the same fp32 targets, and the float64 answer."""
+    """The small problem every runner solves: the same fp32 targets and answer, and the float64 answer."""
 
     spec: EngineSpec
     image: torch.Tensor
-    targets: Targets
-    loss: float
-    grad: np.ndarray
-    reference_grad: np.ndarray
+    reference: GradientReference
+    float64_grad: np.ndarray
 
 
 def loaded_libraries() -> list[str]:
@@ -149,33 +153,12 @@ def placement_problems(placement: Placement, provider: str) -> list[str]:
 
 
 def check_problem(threads: int | None = None) -> CheckProblem:
-    """NIN with synthetic weights at 64 px: every operator type of the real graphs, small enough for any device."""
+    """NIN with synthetic weights at the check size: every operator type of the real graphs, small enough for any device."""
     backbone = get_backbone(CHECK_BACKBONE)
     spec = EngineSpec.defaults(backbone, resolve("synthetic", backbone))
-    from onnxstyle.bench.loops import gradient_check_images, reference_gradient
-
-    content, style, image = gradient_check_images(max(CHECK_SIDE, backbone.min_size(spec.layers)))
-
-    targets, terms, grad = reference_gradient(spec, content, style, image, threads)
-    return CheckProblem(spec, image, targets, terms.total, grad.numpy(), float64_gradient(spec, content, style, image))
-
-
-def float64_gradient(spec: EngineSpec, content: torch.Tensor, style: torch.Tensor, image: torch.Tensor) -> np.ndarray:
-    """The same loss's gradient computed in float64 on the CPU: the yardstick for fp32 against TF32."""
-    model = build_backbone(spec.backbone, spec.layers, pooling=spec.pooling, resolved=spec.weights).double()
-    model.requires_grad_(False)
-    to_model = spec.weights.preprocessing.to_model
-    with torch.no_grad():
-        content_features = model(to_model(content.double()))
-        style_features = model(to_model(style.double()))
-    content_targets = {layer: content_features[layer] for layer in spec.content_layers}
-    style_targets = {layer: gram_matrix(style_features[layer]) for layer in spec.style_layers}
-    pixels = image.double().requires_grad_(True)
-    model_input = to_model(pixels)
-    total, _, _, _ = objective(model(model_input), model_input, content_targets, style_targets, spec.loss_weights())
-    total.backward()
-    assert pixels.grad is not None
-    return pixels.grad.numpy()
+    content, style, image = gradient_check_images(check_side(spec))
+    reference = reference_gradient(spec, content, style, image, threads)
+    return CheckProblem(spec, image, reference, float64_gradient(spec, content, style, image))
 
 
 def tf32_probe_values() -> dict[str, np.ndarray]:
@@ -228,10 +211,9 @@ def torch_tf32_errors(device: torch.device) -> dict[str, float]:
 
 def _compare(check: ProviderCheck, problem: CheckProblem, loss: float, grad: np.ndarray) -> None:
     """Against torch autograd in fp32 on the CPU (the same targets), and against float64."""
-    check.grad_error_vs_fp64 = float(relative_error(grad, problem.reference_grad))
-    check.cpu_grad_error_vs_fp64 = float(relative_error(problem.grad, problem.reference_grad))
-    check.loss_error_vs_cpu = abs(loss - problem.loss) / abs(problem.loss)
-    check.grad_error_vs_cpu = float(relative_error(grad, problem.grad))
+    check.grad_error_vs_fp64 = relative_error(grad, problem.float64_grad)
+    check.cpu_grad_error_vs_fp64 = relative_error(problem.reference.grad, problem.float64_grad)
+    check.loss_error_vs_cpu, check.grad_error_vs_cpu = errors_against(problem.reference, loss, grad)
     if not (check.loss_error_vs_cpu <= PROVIDER_PARITY_TOLERANCE and check.grad_error_vs_cpu <= PROVIDER_PARITY_TOLERANCE):
         check.problems.append(
             f"differs from torch fp32 on the CPU by {check.grad_error_vs_cpu:.1e} (gradient) and {check.loss_error_vs_cpu:.1e} (loss), "
@@ -256,7 +238,7 @@ def check_ort_provider(status: ProviderStatus, problem: CheckProblem, threads: i
         config = ProviderConfig(status.name, threads=threads, cpu_fallback=True, profile_prefix=str(Path(folder) / "check"))
         try:
             engine = OnnxRuntimeEngine(problem.spec, config, [(side, side)], winograd=False)
-            engine.set_targets(problem.targets)
+            engine.set_targets(problem.reference.targets)
             terms, grad = engine.loss_and_grad(problem.image.to(engine.device))
             # what the plugin claimed: ORT's profiler names the EP that ran each node (OpenVINO: its fused subgraphs)
             check.placement = read_placement(Path(engine.end_profiling("loss")), ep_name_of(status.name))
@@ -277,7 +259,7 @@ def check_torch_cuda(problem: CheckProblem) -> ProviderCheck:
     check = ProviderCheck("torch-cuda", True, "ok")
     try:
         engine = TorchEngine(problem.spec, "cuda")
-        engine.set_targets(problem.targets)
+        engine.set_targets(problem.reference.targets)
         terms, grad = engine.loss_and_grad(problem.image)
         check.tf32_errors = torch_tf32_errors(engine.device)
     except Exception as error:  # a CUDA error or out-of-memory is a finding here, not a crash

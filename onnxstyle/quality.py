@@ -25,8 +25,9 @@ import torch
 
 from onnxstyle.backbones import get_backbone
 from onnxstyle.bench import run as bench_run
-from onnxstyle.bench.options import LEARNING_RATE, check_sizes, check_threads
+from onnxstyle.bench.options import check_sizes, check_threads
 from onnxstyle.bench.run import CELL_ERRORS, worker_environment
+from onnxstyle.defaults import LEARNING_RATE
 from onnxstyle.engines import EngineSpec, create_engine
 from onnxstyle.engines.eager import EagerLoop
 from onnxstyle.engines.torch_engine import TorchEngine
@@ -216,7 +217,7 @@ def converge(
     check_fits(configs, sizes, spec)
     threads = min(threads or default_threads(), default_threads())
     options = {"seconds": dict(zip(map(str, sizes), budgets, strict=True)), "sizes": list(sizes), "configs": [config.label for config in configs], "threads": threads}
-    report = QualityReport([], options, fingerprint(), resolved.label)
+    report = QualityReport([], options, fingerprint(), resolved.label, timing_only=resolved.weight_set.synthetic)
     report.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     say = progress or (lambda _text: None)
     codes: dict[int, int] = {}  # id(run) → exit code of its failure's cause

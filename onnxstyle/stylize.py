@@ -18,6 +18,7 @@ from PIL import Image
 
 from onnxstyle.backbones import BackboneSpec, Pooling, get_backbone, parse_layers
 from onnxstyle.bench.options import check_threads
+from onnxstyle.defaults import CONTENT_WEIGHT, ITERATIONS, LEARNING_RATE, SIZE, STYLE_WEIGHT, TV_WEIGHT
 from onnxstyle.engines import EngineSpec, create_engine, engine_name
 from onnxstyle.errors import ImageError, Interrupted, NumericalError, OutputError, UsageError
 from onnxstyle.files import same_file
@@ -34,13 +35,13 @@ from onnxstyle.images import (
     to_image,
     to_tensor,
 )
-from onnxstyle.losses import CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT, LossTerms, LossWeights
+from onnxstyle.losses import LossTerms, LossWeights
 from onnxstyle.memory import free_bytes
 from onnxstyle.precision import require
 from onnxstyle.providers import canonical, short_name
 from onnxstyle.runners import Runner
 from onnxstyle.sysinfo import default_threads
-from onnxstyle.tiling import tile_for
+from onnxstyle.tiling import check_tile, tile_for
 from onnxstyle.weights import ResolvedWeights, resolve
 
 Optimizer = Literal["lbfgs", "adam"]
@@ -111,9 +112,9 @@ class StylizeConfig:
     provider: str = "cpu"
     model: str = "vgg19"
     weights: str | ResolvedWeights = "auto"
-    iterations: int = 1000
+    iterations: int = ITERATIONS
     optimizer: Optimizer = "lbfgs"
-    learning_rate: float = 0.02
+    learning_rate: float = LEARNING_RATE
     content_weight: float = CONTENT_WEIGHT
     style_weight: float = STYLE_WEIGHT
     tv_weight: float = TV_WEIGHT
@@ -233,7 +234,7 @@ def stylize(
     styles: Sequence[str | Path] = (DEMO_STYLE,),
     output: str | Path = "out.png",
     *,
-    size: int | str | tuple[int, int] = 512,
+    size: int | str | tuple[int, int] = SIZE,
     init: str | torch.Tensor = "random",
     progress: ProgressCallback | None = None,
     config: StylizeConfig | None = None,
@@ -271,7 +272,6 @@ def stylize(
     sizes = [(content_image.height, content_image.width)]
     if config.cluster is not None:
         from onnxstyle.cluster.tiles import cluster_engine
-        from onnxstyle.tiling import check_tile
 
         core = tile or max(CLUSTER_TILE, spec.backbone.receptive_field(spec.layers))
         check_tile(spec.backbone, spec.layers, core)

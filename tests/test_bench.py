@@ -10,12 +10,12 @@ from onnxstyle import memory
 from onnxstyle.backbones import get_backbone
 from onnxstyle.bench import run as bench
 from onnxstyle.bench.gemm import measure_gemm
-from onnxstyle.bench.loops import check_gradient
 from onnxstyle.bench.options import BenchOptions, parse_models, parse_precisions, parse_sizes, window_plan
 from onnxstyle.bench.records import Cell, summarize
 from onnxstyle.bench.run import run_bench
 from onnxstyle.engines import EngineSpec
 from onnxstyle.errors import ProviderError, UsageError, WorkerError
+from onnxstyle.gradient_checks import check_gradient
 from onnxstyle.memory import forward_flops, iteration_flops
 from onnxstyle.runners import Runner, parse_runner, select_runners
 from onnxstyle.tiling import tile_for

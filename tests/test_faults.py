@@ -358,8 +358,8 @@ def test_more_threads_than_cpus_are_capped_with_a_warning(cli, tmp_path):
     assert "--threads 1000 is more than the" in result.stderr
 
 
-def test_exit_codes_in_the_readme_are_the_codes_in_the_code():
-    assert exit_code_markdown() in (ROOT / "README.md").read_text()
+def test_exit_codes_in_the_docs_are_the_codes_in_the_code():
+    assert exit_code_markdown() in (ROOT / "docs" / "reliability.md").read_text()
 
 
 # 11. outputs checked before the work --------------------------------------------------------------------------------

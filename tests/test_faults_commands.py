@@ -87,10 +87,10 @@ PARITY = ["parity", "--model", "nin", "--sizes", "64x56", "--weights", "syntheti
 
 
 def test_parity_exits_with_the_cause_when_no_row_was_measured(cli, tmp_path, monkeypatch):
-    from onnxstyle.bench import loops
+    from onnxstyle import gradient_checks
 
     seen = []
-    monkeypatch.setattr(loops, "runner_loss_and_grad", fake_runner({"ort-cpu": RuntimeError("boom")}, seen=seen))
+    monkeypatch.setattr(gradient_checks, "runner_loss_and_grad", fake_runner({"ort-cpu": RuntimeError("boom")}, seen=seen))
     result = cli(*PARITY, "--provider", "cpu,torch", "--out", tmp_path, "--name", "some", cwd=tmp_path)
     assert result.returncode == 0, result.stderr  # one row measured: the failure is in the report, as in bench
     assert seen == [("ort-cpu", (1, 3, 56, 64)), ("torch-cpu", (1, 3, 56, 64))]  # WIDTHxHEIGHT, not squared
@@ -100,7 +100,7 @@ def test_parity_exits_with_the_cause_when_no_row_was_measured(cli, tmp_path, mon
     assert "64x56" in (tmp_path / "some.md").read_text()
 
     failing = {"ort-cpu": RuntimeError("no kernel"), "torch-cpu": UsageError("cannot")}
-    monkeypatch.setattr(loops, "runner_loss_and_grad", fake_runner(failing))
+    monkeypatch.setattr(gradient_checks, "runner_loss_and_grad", fake_runner(failing))
     result = cli(*PARITY, "--provider", "cpu,torch", "--out", tmp_path, "--name", "none", cwd=tmp_path)
     assert result.returncode == ProviderError.exit_code, result.stderr  # the first failure's cause
     assert "error: no row was measured; nin ort-cpu 64x56: no kernel" in flat(result.stderr)
@@ -108,16 +108,16 @@ def test_parity_exits_with_the_cause_when_no_row_was_measured(cli, tmp_path, mon
 
 
 def test_parity_skips_what_a_runner_cannot_run_and_names_the_interruption(cli, tmp_path, monkeypatch):
-    from onnxstyle.bench import loops
+    from onnxstyle import gradient_checks
 
-    monkeypatch.setattr(loops, "runner_loss_and_grad", fake_runner())
+    monkeypatch.setattr(gradient_checks, "runner_loss_and_grad", fake_runner())
     result = cli(*PARITY, "--provider", "cpu,torch", "--precision", "fp16", "--out", tmp_path, "--name", "half", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "half.json").read_text())["rows"]
     assert [(row["runner"], row["status"]) for row in rows] == [("ort-cpu", "ok"), ("torch-cpu", "skipped")]
     assert rows[1]["error"].startswith("fp16 not supported")
 
-    monkeypatch.setattr(loops, "runner_loss_and_grad", fake_runner(interrupt={"torch-cpu"}))
+    monkeypatch.setattr(gradient_checks, "runner_loss_and_grad", fake_runner(interrupt={"torch-cpu"}))
     result = cli(*PARITY, "--provider", "cpu,torch", "--out", tmp_path, "--name", "cut", cwd=tmp_path)
     assert result.returncode == 130
     assert f"error: parity interrupted; kept {tmp_path / 'cut.json'} with the 1 rows measured so far (Ctrl-C)" in flat(result.stderr)

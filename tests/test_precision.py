@@ -6,12 +6,12 @@ import torch
 from onnxstyle import precision
 from onnxstyle.backbones import get_backbone
 from onnxstyle.bench import run as bench
-from onnxstyle.bench.loops import check_gradient
 from onnxstyle.bench.options import BenchOptions, parse_precisions
 from onnxstyle.bench.records import GemmRate
 from onnxstyle.bench.run import run_bench
 from onnxstyle.engines import EngineSpec, create_engine
 from onnxstyle.errors import UsageError
+from onnxstyle.gradient_checks import check_gradient
 from onnxstyle.runners import Runner, check_precisions
 from onnxstyle.weights import resolve
 

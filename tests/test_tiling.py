@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from onnxstyle.backbones import get_backbone
-from onnxstyle.engines import EngineSpec, create_engine
+from onnxstyle.engines import EngineSpec, create_engine, list_engines, register_engine
+from onnxstyle.engines.tiled import TiledEngine, add_tv_gradient
 from onnxstyle.errors import UsageError
 from onnxstyle.losses import LossWeights
-from onnxstyle.tiling import TiledEngine, TilePlan, check_tile, choose_tile
+from onnxstyle.tiling import TilePlan, check_tile, choose_tile
 from onnxstyle.weights import resolve
 
 CASES = [
@@ -85,7 +86,6 @@ def test_bad_tiles_are_explained():
 @pytest.mark.parametrize("weights_id", ["vgg19", "vgg19-caffe"])
 def test_streamed_tv_matches_autograd(weights_id):
     from onnxstyle.losses import tv_loss
-    from onnxstyle.tiling import add_tv_gradient
     from onnxstyle.weights import CATALOGUE
 
     preprocessing = CATALOGUE[weights_id].preprocessing
@@ -98,3 +98,12 @@ def test_streamed_tv_matches_autograd(weights_id):
     assert value == pytest.approx(float(expected.detach()), rel=1e-5)
     scale = max(1.0, float(pixels.grad.abs().max()))
     assert torch.allclose(grad - 1.0, pixels.grad, atol=1e-6 * scale)  # added into what was there
+
+
+@pytest.mark.parametrize("taken", ["torch", "onnxruntime", "ort"])
+def test_the_engine_registry_refuses_a_name_already_taken(taken):
+    """A second ``register_engine`` under a taken name (or alias) would silently replace an engine."""
+    before = list_engines()
+    with pytest.raises(UsageError, match=f"engine name '{taken}' is taken"):
+        register_engine(taken)(lambda spec, **options: None)
+    assert list_engines() == before

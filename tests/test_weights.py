@@ -7,14 +7,17 @@ import pytest
 import torch
 
 from onnxstyle import weights as weights_module
-from onnxstyle.backbones import Backbone, get_backbone
+from onnxstyle.backbones import BACKBONES, Backbone, get_backbone
 from onnxstyle.errors import WeightsError, WeightsNotFoundError
+from onnxstyle.report.quality import QualityReport
 from onnxstyle.weights import (
     CAFFE_BGR,
     CATALOGUE,
     IMAGENET_RGB,
     apply_weights,
+    auto_order,
     cache_dir,
+    catalogue_for,
     create_backbone,
     download,
     resolve,
@@ -123,6 +126,26 @@ def test_auto_falls_back_to_synthetic_and_synthetic_is_deterministic():
     first = apply_weights(Backbone(get_backbone("nin"), ["relu0"]), resolved).convs()["conv1"].weight
     second = apply_weights(Backbone(get_backbone("nin"), ["relu0"]), resolved).convs()["conv1"].weight
     assert torch.equal(first, second)
+
+
+def test_the_catalogue_alone_links_backbones_to_their_weights():
+    assert {entry.id for name in BACKBONES for entry in catalogue_for(name)} == set(CATALOGUE)
+    assert [catalogue_for(name)[0].id for name in BACKBONES] == ["vgg19", "nin-imagenet"]  # what an unknown file follows
+    assert [entry.id for entry in auto_order("vgg19")] == ["vgg19-caffe", "vgg19", "vgg19-q8"]
+    assert [entry.id for entry in auto_order("nin")] == ["nin-imagenet"]
+    assert resolve("auto", get_backbone("nin")).fallback_reason == "none of nin-imagenet is installed or cached"
+
+
+def test_timing_only_is_decided_by_the_weights_not_by_their_label():
+    synthetic = resolve("synthetic", get_backbone("nin"))
+    assert synthetic.weight_set.synthetic and synthetic.as_dict()["timing_only"] is True
+    assert synthetic.label == "synthetic (timing only, not a real style transfer)"
+    written = QualityReport([], {}, {}, synthetic.label, timing_only=True).to_json()
+    assert written["timing_only"] is True and QualityReport.from_json(written).timing_only
+    older = {key: value for key, value in written.items() if key != "timing_only"}  # reports from before the flag
+    assert QualityReport.from_json(older).timing_only
+    assert not QualityReport.from_json({**older, "weights": "vgg19-q8"}).timing_only
+    assert not QualityReport.from_json({**written, "timing_only": False}).timing_only
 
 
 def test_weights_for_the_other_backbone_are_refused():

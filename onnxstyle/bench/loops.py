@@ -1,5 +1,5 @@
-"""The loop under test, built inside a cell's worker: Adam on pixels whose gradient an engine computes,
-and the gradient check of each runner against torch autograd."""
+"""The loop under test, built inside a cell's worker: Adam on pixels whose gradient an engine computes.
+(The gradient check a worker also runs lives in ``onnxstyle.gradient_checks``.)"""
 
 from __future__ import annotations
 
@@ -8,14 +8,9 @@ from typing import Protocol
 
 import torch
 
-from onnxstyle.bench.options import CHECK_SIZE, LEARNING_RATE
-from onnxstyle.engines import Engine, EngineSpec, Targets, create_engine
+from onnxstyle.defaults import LEARNING_RATE
+from onnxstyle.engines import Engine, EngineSpec, create_engine
 from onnxstyle.engines.eager import EagerLoop
-from onnxstyle.engines.torch_engine import TorchEngine
-from onnxstyle.exporters.validation import relative_error
-from onnxstyle.images import demo_pair
-from onnxstyle.losses import LossTerms
-from onnxstyle.precision import GRADIENT_TOLERANCES, LOSS_TOLERANCES
 from onnxstyle.runners import Runner
 
 
@@ -72,54 +67,3 @@ def build_loop(
     engine.set_targets(engine.build_targets(content, [style], [1.0], weights))
     return EngineLoop(engine, content)
 
-
-def runner_loss_and_grad(
-    runner: Runner, spec: EngineSpec, targets: Targets, content: torch.Tensor, style: torch.Tensor, image: torch.Tensor,
-    threads: int | None, precision: str = "fp32",
-) -> tuple[float, torch.Tensor]:
-    """One runner's loss and gradient at ``image``: our engines with the given targets, eager with its own (built as a user would)."""
-    height, width = image.shape[2:]
-    if runner.engine == "eager":
-        eager = EagerLoop(spec, content, style, targets.weights, device=runner.target, threads=threads, precision=precision)
-        return eager.loss_and_grad(image)
-    engine = create_engine(runner.engine, spec, provider=runner.target, threads=threads, sizes=[(height, width)], precision=precision)
-    engine.set_targets(targets)
-    terms, grad = engine.loss_and_grad(image.to(engine.device))
-    return terms.total, grad
-
-
-def gradient_check_images(width: int, height: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(content, style, image) of the gradient checks, square unless ``height`` is given: the demo pair, and a point between them."""
-    content, style = demo_pair(width, width if height is None else height)
-    return content, style, (content * 0.8 + style * 0.2).clamp(0, 1)
-
-
-def reference_gradient(
-    spec: EngineSpec, content: torch.Tensor, style: torch.Tensor, image: torch.Tensor, threads: int | None
-) -> tuple[Targets, LossTerms, torch.Tensor]:
-    """(targets, loss terms, gradient) of torch autograd on the CPU in fp32: what every runner is checked against."""
-    reference = TorchEngine(spec, "cpu", threads=threads)
-    targets = reference.build_targets(content, [style], [1.0], spec.loss_weights())
-    reference.set_targets(targets)
-    terms, grad = reference.loss_and_grad(image)
-    return targets, terms, grad
-
-
-def check_gradient(runner: Runner, spec: EngineSpec, threads: int | None, precision: str = "fp32") -> dict[str, object]:
-    """Loss and gradient of ``runner`` at ``precision`` against torch autograd (CPU, fp32) on the same small problem."""
-    side = max(CHECK_SIZE, spec.backbone.min_size(spec.layers))
-    content, style, image = gradient_check_images(side)
-    targets, expected_terms, expected_grad = reference_gradient(spec, content, style, image, threads)
-    loss, grad = runner_loss_and_grad(runner, spec, targets, content, style, image, threads, precision)
-    loss_error = abs(loss - expected_terms.total) / abs(expected_terms.total)
-    grad_error = relative_error(grad.detach().cpu().numpy(), expected_grad.numpy())
-    return {
-        "size": [side, side],
-        "precision": precision,
-        "reference": "torch autograd, cpu, fp32",
-        "loss_error": loss_error,
-        "grad_error": grad_error,
-        "loss_tolerance": LOSS_TOLERANCES[precision],
-        "grad_tolerance": GRADIENT_TOLERANCES[precision],
-        "ok": loss_error <= LOSS_TOLERANCES[precision] and grad_error <= GRADIENT_TOLERANCES[precision],
-    }

@@ -7,15 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from onnxstyle.backbones import BackboneSpec, get_backbone
+from onnxstyle.defaults import LEARNING_RATE
 from onnxstyle.errors import UsageError
 from onnxstyle.images import parse_size
 from onnxstyle.precision import PRECISIONS
 from onnxstyle.runners import Runner, check_precisions, select_runners, takes_cuda_graph
-
-# Adam's step in the timed loop (pixels in [0, 1]), as stylize's default; the loop's speed does not depend on it.
-LEARNING_RATE = 0.02
-# Side of the problem every runner's gradient is checked on against torch autograd.
-CHECK_SIZE = 64
 
 
 def parse_models(text: str) -> list[BackboneSpec]:
@@ -35,6 +31,22 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
         size = parse_size(item)
         sizes.append(size if isinstance(size, tuple) else (size, size))
     return list(dict.fromkeys(sizes))
+
+
+def parse_square_sizes(text: str, command: str) -> list[int]:
+    """``--sizes`` of a command that runs square images only: one side each."""
+    sizes = parse_sizes(text)
+    if (oblong := next(((width, height) for width, height in sizes if width != height), None)) is not None:
+        raise UsageError(f"{command} runs square images; --sizes {oblong[0]}x{oblong[1]} is not square: give one side, e.g. {min(oblong)}")
+    return [width for width, _height in sizes]
+
+
+def parse_seconds(text: str) -> list[float]:
+    """``--seconds 60`` or ``60,150``: wall time per configuration, one number or one per size."""
+    try:
+        return [float(item) for item in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--seconds needs numbers such as 60 or 60,150, got '{text}'") from None
 
 
 def parse_precisions(text: str) -> list[str]:
@@ -163,8 +175,11 @@ def bench_options(
     cuda_graph: bool = False,
     interleave: bool = True,
     environment: Sequence[str] = (),
+    local_runners: bool = True,
 ) -> BenchOptions:
-    """Options from the command line's text, every check made before anything runs (the CLI only maps flags here)."""
+    """Options from the command line's text, every check made before anything runs (the CLI only maps flags here).
+
+    ``local_runners=False`` for a cluster: each node selects its own runners, so none are chosen (or refused) here."""
     from onnxstyle.engines import EngineSpec
     from onnxstyle.tiling import check_tile
     from onnxstyle.weights import resolve
@@ -173,9 +188,9 @@ def bench_options(
     size_list = parse_sizes(sizes)
     check_sizes(models, size_list)
     precisions = parse_precisions(precision)
-    runners, skipped = select_runners(provider)
+    runners, skipped = select_runners(provider) if local_runners else ([], {})
     check_precisions(runners, precisions)
-    if cuda_graph and not any(takes_cuda_graph(runner) for runner in runners):
+    if local_runners and cuda_graph and not any(takes_cuda_graph(runner) for runner in runners):
         raise UsageError("--cuda-graph applies to ONNX Runtime on cuda or tensorrt, and no selected runner is one")
     if tile:
         for spec in models:

@@ -232,7 +232,7 @@ def run_group(
                     if progress:
                         progress(run.cell, "gradient check")
                     try:
-                        checks[key] = run.worker.run("onnxstyle.bench.loops:check_gradient", _deadline(options, 60.0), **run.pending.check)
+                        checks[key] = run.worker.run("onnxstyle.gradient_checks:check_gradient", _deadline(options, 60.0), **run.pending.check)
                     except CELL_ERRORS as error:
                         checks[key] = {"ok": False, "error": first_line(error)}
                     run.cell.check = checks[key]

@@ -20,9 +20,10 @@ import torch
 
 from onnxstyle.cluster import NodeInfo, is_lost, require_ray
 from onnxstyle.engines.base import EngineSpec
+from onnxstyle.engines.tiled import TiledEngine, TileGradient, TileStatistics
 from onnxstyle.errors import UsageError, WorkerError
 from onnxstyle.providers import CUDA_TARGETS
-from onnxstyle.tiling import Tile, TiledEngine, TileGradient, TileStatistics, content_crops, layer_strides
+from onnxstyle.tiling import Tile, content_crops, layer_strides
 
 
 # How long a tile worker may take to start (import, engine, sessions) before its node is reported as busy.

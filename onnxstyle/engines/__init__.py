@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from onnxstyle.engines.base import Engine, EngineSpec, Targets
+from onnxstyle.engines.tiled import TiledEngine
 from onnxstyle.errors import UsageError
 
 EngineFactory = Callable[..., Engine]
@@ -22,7 +23,10 @@ def register_engine(name: str) -> Callable[[EngineFactory], EngineFactory]:
     """Add a factory ``(spec, *, provider, threads, sizes, precision, cuda_graph, whole_image) -> Engine`` under ``name``.
 
     ``whole_image`` False: the engine will be driven tile by tile, so whole-image resources need not be set up.
+    A name already taken is refused: a second registration would silently replace the first engine.
     """
+    if name in _FACTORIES or name in ALIASES:
+        raise UsageError(f"the engine name '{name}' is taken; registered: {', '.join(list_engines())} (alias: {', '.join(ALIASES)})")
 
     def add(factory: EngineFactory) -> EngineFactory:
         _FACTORIES[name] = factory
@@ -65,8 +69,6 @@ def create_engine(
     if cuda_graph and key != "onnxruntime":
         raise UsageError(f"CUDA graphs are an ONNX Runtime option; the {name} engine does not take them")
     if tile:
-        from onnxstyle.tiling import TiledEngine
-
         backend = create_tile_backend(key, spec, provider=provider, threads=threads, sizes=sizes, precision=precision)
         return TiledEngine(backend, tile)  # type: ignore[arg-type]
     return _FACTORIES[key](spec, provider=provider, threads=threads, sizes=sizes, precision=precision, cuda_graph=cuda_graph, whole_image=True)

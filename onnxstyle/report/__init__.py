@@ -12,6 +12,8 @@ ONNX Runtime: reading a report is instant and works on a machine without them.
 - ``formats``: the files (JSON, CSV, Markdown, PNG), rewritten together after every cell.
 - ``compare``: reports from several machines side by side.
 - ``quality``: converge's reports; ``loading``: either kind, read by the schema it names (``report show``).
+- ``parity`` and ``scale``: the results models and files of ``parity`` and ``cluster-scale``.
+- ``run``: one report-writing run (name, writer, live saves, the lines it ends with) for every command that writes one.
 """
 
 from onnxstyle.errors import ReportError

@@ -55,11 +55,13 @@ class QualityReport:
     created: str = ""
     interrupted: bool = False
     not_run: list[str] = field(default_factory=list)  # "CONFIG @ SIZE px" never started: the run was stopped first
+    timing_only: bool = False  # synthetic weights: the losses say nothing about image quality
 
     def to_json(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": self.created, "options": self.options,
-            "system": self.system, "weights": self.weights, "interrupted": self.interrupted, "not_run": self.not_run,
+            "system": self.system, "weights": self.weights, "timing_only": self.timing_only, "interrupted": self.interrupted,
+            "not_run": self.not_run,
             "runs": [asdict(run) for run in self.runs],
         }
 
@@ -78,8 +80,14 @@ class QualityReport:
             raise damaged(where, problem) from None
         return cls(
             runs, dict(data.get("options") or {}), dict(data.get("system") or {}), str(data.get("weights", "")), str(data.get("created", "")),
-            bool(data.get("interrupted", False)), list(data.get("not_run") or []),
+            bool(data.get("interrupted", False)), list(data.get("not_run") or []), _timing_only(data),
         )
+
+
+def _timing_only(data: dict[str, Any]) -> bool:
+    """The report's flag; reports written before it existed said so only in the weights label."""
+    flag = data.get("timing_only")
+    return "timing only" in str(data.get("weights", "")) if flag is None else bool(flag)
 
 
 def _check_header(data: dict[str, Any]) -> None:
@@ -88,7 +96,8 @@ def _check_header(data: dict[str, Any]) -> None:
         kind(owner, name, data.get(name), dict, optional=True)
     for name in ("weights", "created"):
         kind(owner, name, data.get(name), str, optional=True)
-    kind(owner, "interrupted", data.get("interrupted"), bool, optional=True)
+    for name in ("interrupted", "timing_only"):
+        kind(owner, name, data.get(name), bool, optional=True)
     if data.get("not_run") is not None:
         strings(owner, "not_run", data["not_run"])
     options = data.get("options") or {}
