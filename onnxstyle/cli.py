@@ -231,21 +231,21 @@ def stylize(
     started = time.perf_counter() - _seconds_since_start()
 
     if demo:
-        content, styles, size = content or DEMO_CONTENT, styles or [DEMO_STYLE], size or "256"
-        iterations, init = 100 if iterations is None else iterations, init or "content"
+        content, styles, size = content or DEMO_CONTENT, styles or [DEMO_STYLE], size or str(defaults.DEMO_SIZE)
+        iterations, init = defaults.DEMO_ITERATIONS if iterations is None else iterations, init or "content"
     if content is None or not styles:
         raise UsageError("give CONTENT and at least one STYLE image, or --demo")
     _warn_threads(threads)
     config = StylizeConfig(
         engine=engine, provider=provider, model=model, weights=weights,
-        iterations=iterations if iterations is not None else (1000 if max_time is None else TIME_BOUND_ITERATIONS),
+        iterations=iterations if iterations is not None else (defaults.ITERATIONS if max_time is None else TIME_BOUND_ITERATIONS),
         optimizer=optimizer, learning_rate=learning_rate, content_weight=content_weight, style_weight=style_weight,  # type: ignore[arg-type]
         tv_weight=tv_weight, content_layers=content_layers, style_layers=style_layers, style_blend_weights=style_blend_weights,
         style_scale=style_scale, seed=seed, original_colors=original_colors, pooling=pooling, save_every=save_every,  # type: ignore[arg-type]
         threads=threads, precision=precision, tile=tile, cuda_graph=cuda_graph, cluster=cluster, max_time=max_time,
     )
     deadline = None if max_time is None else started + max_time
-    plan = parse_scales(scales) if scales else default_scales(parse_size(size or 512))
+    plan = parse_scales(scales) if scales else default_scales(parse_size(size or defaults.SIZE))
     kept = f"{output} was not written" if not output.exists() else f"{output} was left as it was"
     progress, report = _stylize_progress(config.iterations)
     try:
@@ -293,7 +293,8 @@ def _stylize_progress(total: int) -> tuple[Progress, Any]:
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}{task.fields[of]}"),
         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} it/s"), TimeElapsedColumn(), console=err,
     )
-    task = progress.add_task("stylize", total=bounded(total), loss="…", rate="…", of="" if bounded(total) is None else f"/{total}")
+    limit = bounded(total)
+    task = progress.add_task("stylize", total=limit, loss="…", rate="…", of="" if limit is None else f"/{limit}")
     started: list[float] = []
 
     def report(step: int, total: int, terms: Any) -> None:

@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from onnxstyle import defaults
 from onnxstyle.engines.base import EngineSpec
 from onnxstyle.errors import UsageError
 from onnxstyle.report.scale import Overhead, ScaleRow, ScaleTable, TileTraffic
-from onnxstyle.tiling import TilePlan
+from onnxstyle.tiling import Span, Tile, TilePlan, check_tile, content_crops, layer_strides
 
 NETWORK_GBIT = 10.0  # the model's assumed link per node (a common datacentre NIC), stated in every table
 NODE_COUNTS = (1, 4, 16, 64)
@@ -57,7 +58,6 @@ def check_request(spec: EngineSpec, width: int, height: int, core: int, overhead
     """Refuse, before any measurement, what ``cluster-scale`` could not measure: sizes below the backbone's
     minimum, a tile below its receptive field, and work that would not fit in ``available`` bytes."""
     from onnxstyle.memory import estimate_bytes
-    from onnxstyle.tiling import check_tile
 
     backbone, layers = spec.backbone, spec.layers
     if core <= 0:
@@ -84,7 +84,6 @@ def check_request(spec: EngineSpec, width: int, height: int, core: int, overhead
 def measure_tile(spec: EngineSpec, rows: int, cols: int, *, engine: str = "onnxruntime", threads: int | None = None, repeats: int = 2) -> float:
     """Seconds for both passes of one tile of ``rows``×``cols`` pixels on this machine (best of ``repeats``)."""
     from onnxstyle.engines import create_tile_backend
-    from onnxstyle.tiling import Span, Tile, content_crops, layer_strides
 
     backend: Any = create_tile_backend(engine, spec, threads=threads, sizes=[(rows, cols)])
     tile = Tile(Span(0, rows, 0, rows), Span(0, cols, 0, cols))
@@ -112,10 +111,10 @@ def measure_driver(spec: EngineSpec, width: int, height: int) -> float:
 
     image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
     pixels = image.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([pixels], lr=0.02)
+    optimizer = torch.optim.Adam([pixels], lr=defaults.LEARNING_RATE)
     started = time.perf_counter()
     grad = torch.zeros_like(image)
-    add_tv_gradient(image, spec.weights.preprocessing, 1e-3, grad)
+    add_tv_gradient(image, spec.weights.preprocessing, defaults.TV_WEIGHT, grad)
     pixels.grad = grad
     optimizer.step()
     return time.perf_counter() - started

@@ -13,6 +13,7 @@ import time
 import torch
 from torch import nn
 
+from onnxstyle import defaults
 from onnxstyle.engines.base import EngineSpec
 from onnxstyle.engines.torch_engine import torch_device
 from onnxstyle.losses import LossWeights, content_loss, gram_matrix, style_loss, tv_loss
@@ -70,7 +71,7 @@ class EagerLoop:
         *,
         device: str = "cpu",
         threads: int | None = None,
-        learning_rate: float = 0.02,
+        learning_rate: float = defaults.LEARNING_RATE,
         start: torch.Tensor | None = None,
         precision: str = "fp32",
     ) -> None:
