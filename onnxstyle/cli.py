@@ -153,6 +153,20 @@ def _provider_check(as_json: bool) -> None:
 
 
 @app.command()
+def auto(
+    clear: Annotated[bool, typer.Option("--clear", help="Delete the cached measurements: the next --engine auto run measures again.")] = False,
+) -> None:
+    """Where --engine auto keeps what it measured on this machine (seconds per iteration of each candidate), and what it holds."""
+    from onnxstyle.auto import cache_lines, cache_path, clear_cache
+
+    if clear:
+        out.print(f"deleted {cache_path()}" if clear_cache() else f"nothing to delete: {cache_path()} does not exist", highlight=False, markup=False)
+        return
+    for line in cache_lines():
+        out.print(line, highlight=False, markup=False)
+
+
+@app.command()
 def export(
     backbone: Annotated[str, typer.Argument(help="vgg (vgg19) or nin.")],
     weights: Annotated[str, typer.Option(help="auto | synthetic | catalogue id | PATH.")] = "auto",
@@ -191,13 +205,13 @@ def stylize(
     styles: Annotated[Optional[list[str]], typer.Argument(help="One or more style images.")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Output image (.png/.jpg/.webp/.tif).")] = Path("out.png"),
     demo: Annotated[bool, typer.Option(help=f"Use the built-in demo images (offline; {defaults.DEMO_SIZE} px, {defaults.DEMO_ITERATIONS} iterations from the content image unless set).")] = False,
-    engine: Annotated[str, typer.Option(help="onnxruntime or torch.")] = "onnxruntime",
-    provider: Annotated[str, typer.Option(help="ORT provider (cpu, cuda, tensorrt, …) or torch device (cpu, cuda).")] = "cpu",
+    engine: Annotated[str, typer.Option(help="auto (the fastest runner here, measured once and cached: onnxstyle auto), onnxruntime or torch.")] = "auto",
+    provider: Annotated[Optional[str], typer.Option(help="ORT provider (cpu, cuda, tensorrt, openvino, …) or torch device (cpu, cuda). Default: auto's choice, or cpu for a named engine.")] = None,
     model: Annotated[str, typer.Option(help="vgg or nin.")] = "vgg",
     weights: Annotated[str, typer.Option(help="auto | synthetic | catalogue id | PATH.")] = "auto",
     size: Annotated[Optional[str], typer.Option(help=f"Longest side, or WIDTHxHEIGHT (default {defaults.SIZE}).")] = None,
     iterations: Annotated[Optional[int], typer.Option(help=f"Iterations (L-BFGS: loss+gradient evaluations); default {defaults.ITERATIONS}.")] = None,
-    optimizer: Annotated[str, typer.Option(help="lbfgs or adam.")] = "lbfgs",
+    optimizer: Annotated[Optional[str], typer.Option(help="lbfgs (default) or adam (gradient scaled to unit mean, step cosine-decayed over the budget).")] = None,
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate (pixels in [0, 1]).")] = defaults.LEARNING_RATE,
     content_weight: Annotated[float, typer.Option()] = defaults.CONTENT_WEIGHT,
     style_weight: Annotated[float, typer.Option()] = defaults.STYLE_WEIGHT,
@@ -212,11 +226,11 @@ def stylize(
     pooling: Annotated[str, typer.Option(help="max or avg.")] = "max",
     save_every: Annotated[int, typer.Option(help="Also save every N iterations (0: only at the end).")] = 0,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (pinned).")] = None,
-    precision: Annotated[str, typer.Option(help="fp32; bf16 (torch on CPUs with AVX-512-BF16/AMX, CUDA); fp16 (onnxruntime, torch on CUDA); tf32 (CUDA).")] = "fp32",
+    precision: Annotated[Optional[str], typer.Option(help="fp32; bf16 (torch on CPUs with AVX-512-BF16/AMX, CUDA); fp16 (onnxruntime, torch on CUDA); tf32 (CUDA). Default: auto's choice, or fp32 for a named engine.")] = None,
     cuda_graph: Annotated[bool, typer.Option(help="ONNX Runtime on cuda/tensorrt: capture the loss+gradient run once per size and replay it.")] = False,
     tile: Annotated[Optional[int], typer.Option(help="Tile core edge in px for the exact tiled gradient; 0 never tiles. Default: tile only when the image would not fit in free memory.")] = None,
     cluster: Annotated[Optional[str], typer.Option(help="Run the tiles on a Ray cluster: HOST:PORT, ray://HOST:PORT, or local (pip install 'onnxstyle[cluster]').")] = None,
-    scales: Annotated[Optional[str], typer.Option(help="Multi-resolution sizes, increasing (e.g. 512,1024,2048,4096,7680); each starts from the last result. Default above 1024 px: 512, doubling, up to --size.")] = None,
+    scales: Annotated[Optional[str], typer.Option(help=f"Multi-resolution sizes, increasing (e.g. 512,1024,2048,4096,7680); each starts from the last result. Default from {defaults.MULTI_SCALE_FROM} px: {defaults.COARSEST_SIDE}, doubling, up to --size.")] = None,
     scale_iterations: Annotated[Optional[str], typer.Option(help="Iterations per scale (comma list); default --iterations at the first scale, halved per scale.")] = None,
     max_time: Annotated[Optional[float], typer.Option(help="Wall-time budget in seconds for the whole run, set-up included; the best image so far is written when it ends (with --iterations, whichever comes first).")] = None,
 ) -> None:
@@ -226,7 +240,6 @@ def stylize(
     from onnxstyle.errors import UsageError
     from onnxstyle.images import DEMO_CONTENT, DEMO_STYLE, parse_size
     from onnxstyle.stylize import TIME_BOUND_ITERATIONS, StylizeConfig, default_scales, parse_scales, stylize_scales
-    from onnxstyle.stylize import stylize as run_stylize
 
     started = time.perf_counter() - _seconds_since_start()
 
@@ -252,14 +265,10 @@ def stylize(
         with _interrupt_note(f"stylize interrupted while setting up; {kept}"):
             if len(plan) > 1:
                 err.print(f"multi-resolution: {', '.join(str(scale) for scale in plan)}", highlight=False)
-                result = stylize_scales(
-                    content, styles, output, scales=plan, iterations=scale_iterations or config.iterations, init=init or "random",
-                    progress=report, config=config, deadline=deadline,
-                )
-            else:
-                result = run_stylize(
-                    content, styles, output, size=plan[0], init=init or "random", progress=report, config=config, deadline=deadline
-                )
+            result = stylize_scales(
+                content, styles, output, scales=plan, iterations=scale_iterations or config.iterations, init=init or "random",
+                progress=report, config=config, deadline=deadline, announce=lambda line: err.print(line, highlight=False, markup=False),
+            )
     finally:
         if progress.live.is_started:  # stopping a bar that never started prints an empty line
             progress.stop()
@@ -581,7 +590,7 @@ def parity(
 def converge(
     sizes: Annotated[str, typer.Option(help="Comma list of square sizes.")] = "256,512",
     seconds: Annotated[str, typer.Option(help="Wall time per configuration: one number, or one per size (e.g. 60,150).")] = "60",
-    configs: Annotated[str, typer.Option(help="Comma list of RUNNER[:PRECISION[:OPTIMIZER]], e.g. cpu:fp32:lbfgs,torch:bf16:adam,eager:fp32:adam.")] = "",
+    configs: Annotated[str, typer.Option(help="Comma list of RUNNER[:PRECISION[:OPTIMIZER[:c2f]]][@SECONDS] or auto[@SECONDS], e.g. cpu:fp32:lbfgs:c2f,torch:bf16:adam,eager:fp32:adam,auto@60 (c2f: coarse to fine; auto: what stylize --max-time runs with no other flags; @SECONDS: a budget of its own). Default: every usable one of the built-in set.")] = "",
     weights: Annotated[str, typer.Option(help="auto | catalogue id | PATH (real weights: a loss is only a quality on them).")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: CPUs available to this process).")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the JSON, Markdown and PNG report.")] = Path("reports"),
@@ -589,10 +598,10 @@ def converge(
 ) -> None:
     """Time to quality: every configuration runs the same problem for the same wall time; the fp32 torch loss scores its snapshots."""
     from onnxstyle.bench.options import parse_seconds, parse_square_sizes
-    from onnxstyle.quality import DEFAULT_CONFIGS, parse_configs
+    from onnxstyle.quality import default_configs, parse_configs
     from onnxstyle.quality import converge as run_converge
     from onnxstyle.report import check_directory, check_stem, to_rich
-    from onnxstyle.report.quality import measured_in, quality_files, quality_table, scored
+    from onnxstyle.report.quality import measured_in, quality_files, quality_table, scored, summary_lines
     from onnxstyle.report.run import ReportRun
 
     check_directory(out_dir)
@@ -600,7 +609,7 @@ def converge(
         check_stem(name)
     size_list, budgets = parse_square_sizes(sizes, "converge"), parse_seconds(seconds)
     _warn_threads(threads)
-    chosen = parse_configs(configs or DEFAULT_CONFIGS)
+    chosen = parse_configs(configs) if configs else default_configs()
     command = ["onnxstyle", *sys.argv[1:]]
     with ReportRun(
         out_dir, name, command="converge", prefix="quality", measured_in=measured_in, unit="scored configurations",
@@ -616,13 +625,15 @@ def converge(
             with err.status("…") as status:
                 report = run_converge(
                     configs=chosen, sizes=size_list, seconds=budgets, weights=weights, threads=threads,
-                    progress=lambda text: status.update(text), on_update=save,
+                    progress=lambda text: status.update(text), on_update=save, skip_unusable=not configs,
                 )
         except KeyboardInterrupt:
             raise run.interrupted("the configurations measured so far", "nothing was measured yet") from None
     if report.timing_only:
         err.print("[yellow]weights: synthetic — losses of synthetic weights say nothing about image quality[/]")
     out.print(to_rich(quality_table(report)))
+    for line in summary_lines(report):
+        out.print(line, highlight=False, markup=False)
     _report_paths(run)
     run.check_written(lost=False)
     if report.interrupted:
@@ -729,7 +740,7 @@ def report_show(path: Annotated[Path, typer.Argument(help="A bench or quality (c
     """Re-render a saved bench or quality (converge) report."""
     from onnxstyle.report import to_rich
     from onnxstyle.report.loading import load_any
-    from onnxstyle.report.quality import QualityReport, interrupted_line, quality_table
+    from onnxstyle.report.quality import QualityReport, interrupted_line, quality_table, summary_lines
 
     report = load_any(path)
     if isinstance(report, QualityReport):
@@ -737,6 +748,8 @@ def report_show(path: Annotated[Path, typer.Argument(help="A bench or quality (c
         if (line := interrupted_line(report)) is not None:
             out.print(line, style="yellow", highlight=False, markup=False)
         out.print(to_rich(quality_table(report)))
+        for line in summary_lines(report):
+            out.print(line, highlight=False, markup=False)
         return
     _show(report)
 

@@ -32,11 +32,13 @@ from onnxstyle.engines import EngineSpec, create_engine
 from onnxstyle.engines.eager import EagerLoop
 from onnxstyle.engines.torch_engine import TorchEngine
 from onnxstyle.errors import NumericalError, OnnxstyleError, UsageError, WorkerError, first_line, interruption
-from onnxstyle.images import demo_pair
+from onnxstyle.images import demo_content, demo_pair, demo_style
 from onnxstyle.losses import objective
 from onnxstyle.memory import free_bytes
+from onnxstyle.optimizers import OPTIMIZERS
 from onnxstyle.report.quality import QualityReport, QualityRun, band_times
-from onnxstyle.runners import Runner, parse_runner, precision_support, select_runners
+from onnxstyle.runners import Runner, parse_runner, precision_support, runner_status, select_runners
+from onnxstyle.stylize import TIME_BOUND_ITERATIONS, StylizeConfig, coarse_to_fine, default_scales, random_start, stylize_scales
 from onnxstyle.sysinfo import default_threads, fingerprint
 from onnxstyle.text import printable
 from onnxstyle.tiling import tile_for
@@ -45,130 +47,197 @@ from onnxstyle.weights import resolve
 SNAPSHOTS = 40  # per run, evenly spread over its wall time
 MAX_SECONDS = 86_400.0  # per configuration: a day, far past any useful run (1e12 s overflowed the worker's deadline)
 VGG19 = get_backbone("vgg19")  # the one backbone with real weights that install with pip
-DEFAULT_CONFIGS = "cpu:fp32:lbfgs,torch:fp32:lbfgs,torch:bf16:lbfgs,cpu:fp32:adam,torch:bf16:adam,eager:fp32:adam"
+# The plain eager loop (the anchor), each engine in fp32 with L-BFGS and with our Adam, L-BFGS coarse to fine, the
+# reduced precisions and plugin EPs where they run, and auto: what `stylize --max-time` runs with no other flags, for
+# the whole budget and for one minute (`stylize --size 512 --max-time 60`, to set beside the plain loop's curve).
+DEFAULT_CONFIGS = (
+    "eager:fp32:adam,cpu:fp32:adam,cpu:fp32:lbfgs,cpu:fp32:lbfgs:c2f,torch:fp32:lbfgs,torch:bf16:lbfgs,torch:bf16:lbfgs:c2f,"
+    "openvino:fp32:lbfgs,openvino:bf16:lbfgs,openvino:bf16:lbfgs:c2f,auto,auto@60"
+)
+COARSE_TO_FINE = "c2f"
+# What auto's worker is set up like, and whose memory estimate refuses a size up front: torch on the CPU, the runner
+# whose settings (OpenMP threads) suit whichever engine auto picks.
+AUTO_ESTIMATE = Runner("torch", "cpu")
 
 
 @dataclass(frozen=True)
 class QualityConfig:
-    """One way of running the loop: a runner, a precision and an optimiser (the eager loop is Adam only)."""
+    """One way of running the loop: a runner, a precision, an optimiser (the eager loop is Adam only) and whether it
+    runs coarse to fine; or ``auto`` (no runner): exactly what ``stylize --max-time`` runs with no other flags, its
+    probe and set-up inside the budget. ``seconds`` is the configuration's own budget, else the size's."""
 
-    runner: Runner
+    runner: Runner | None
     precision: str = "fp32"
     optimizer: str = "lbfgs"
+    coarse_to_fine: bool = False
+    seconds: float | None = None
+
+    @property
+    def auto(self) -> bool:
+        return self.runner is None
+
+    @property
+    def spec(self) -> str:
+        """``torch-cpu:bf16:lbfgs:c2f@60``: what ``--configs`` takes to run it again."""
+        if self.runner is None:
+            text = "auto"
+        else:
+            text = f"{self.runner.label}:{self.precision}:{self.optimizer}{f':{COARSE_TO_FINE}' if self.coarse_to_fine else ''}"
+        return text if self.seconds is None else f"{text}@{self.seconds:g}"
 
     @property
     def label(self) -> str:
-        return f"{self.runner.label} {self.precision} {self.optimizer}"
+        if self.runner is None:
+            text = "auto"
+        else:
+            text = f"{self.runner.label} {self.precision} {self.optimizer}{f' {COARSE_TO_FINE}' if self.coarse_to_fine else ''}"
+        return text if self.seconds is None else f"{text} ({self.seconds:g} s)"
 
     def spec_at(self, size: int) -> str:
         """``torch-cpu:bf16:lbfgs @ 512 px``: what ``--configs`` and ``--sizes`` take to run it again."""
-        return f"{self.runner.label}:{self.precision}:{self.optimizer} @ {size} px"
+        return f"{self.spec} @ {size} px"
+
+    def budget(self, size_budget: float) -> float:
+        return self.seconds if self.seconds is not None else size_budget
 
 
 def parse_configs(text: str) -> list[QualityConfig]:
-    """``cpu:fp32:lbfgs,torch:bf16:adam,eager:fp32:adam`` → configurations (precision and optimiser optional)."""
+    """``cpu:fp32:lbfgs:c2f,torch:bf16:adam,eager:fp32:adam,auto@60`` → configurations.
+
+    Each is ``RUNNER[:PRECISION[:OPTIMIZER[:c2f]]]`` or ``auto``, optionally ``@SECONDS`` for a budget of its own.
+    """
     configs = []
     for item in (part.strip() for part in text.split(",")):
         if not item:
-            raise UsageError(f"empty configuration in --configs '{text}'; use RUNNER[:PRECISION[:OPTIMIZER]]")
+            raise UsageError(f"empty configuration in --configs '{text}'; use RUNNER[:PRECISION[:OPTIMIZER[:c2f]]][@SECONDS] or auto")
+        item, _, budget = item.partition("@")
+        seconds = _own_budget(budget, item) if budget else None
+        if item.strip().lower() == "auto":
+            configs.append(QualityConfig(None, seconds=seconds))
+            continue
         runner_name, _, rest = item.partition(":")
-        precision, _, optimizer = rest.partition(":")
+        precision, _, rest = rest.partition(":")
+        optimizer, _, schedule = rest.partition(":")
         runner = parse_runner(runner_name)
         optimizer = optimizer or ("adam" if runner.engine == "eager" else "lbfgs")
-        if optimizer not in ("lbfgs", "adam"):
-            raise UsageError(f"unknown optimizer '{optimizer}' in --configs; use lbfgs or adam")
-        if runner.engine == "eager" and optimizer != "adam":
-            raise UsageError("the eager loop is the plain Adam loop a user would write; give eager:PRECISION:adam")
-        configs.append(QualityConfig(runner, precision or "fp32", optimizer))
+        if optimizer not in OPTIMIZERS:
+            raise UsageError(f"unknown optimizer '{optimizer}' in --configs; use {' or '.join(OPTIMIZERS)}")
+        if schedule not in ("", COARSE_TO_FINE):
+            raise UsageError(f"unknown schedule '{schedule}' in --configs '{item}'; the fourth field is {COARSE_TO_FINE} (coarse to fine) or nothing")
+        if runner.engine == "eager" and (optimizer != "adam" or schedule):
+            raise UsageError("the eager loop is the plain Adam loop a user would write at one size; give eager:PRECISION:adam")
+        configs.append(QualityConfig(runner, precision or "fp32", optimizer, bool(schedule), seconds))
     return list(dict.fromkeys(configs))
 
 
-class _OutOfTime(Exception):
-    """Raised inside the optimiser's closure when the wall-time budget is spent."""
+def _own_budget(text: str, item: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+        raise UsageError(f"--configs '{item}@{text}': a configuration's own budget is a number of seconds above 0 and at most {MAX_SECONDS:g}")
+    return value
+
+
+def default_configs() -> list[QualityConfig]:
+    """``DEFAULT_CONFIGS`` less the plugin EPs that are not installed (an installed one that lists no device is
+    kept, and its rows say why it did not run)."""
+    from onnxstyle.plugin_eps import KNOWN, installed_version
+
+    absent = {key for key, ep in KNOWN.items() if installed_version(ep) is None}
+    return [config for config in parse_configs(DEFAULT_CONFIGS) if config.runner is None or config.runner.target.partition("-")[0] not in absent]
 
 
 def run_config(config: QualityConfig, size: int, seconds: float, weights: str, threads: int, seed: int = 0) -> dict[str, Any]:
     """In a worker: set up, then optimise for ``seconds`` of wall time, keeping the best image every so often.
 
     Returns the set-up time and the snapshots as (seconds, evaluations, the runner's own loss, image as fp16).
-    The best image, not the last evaluated one, is what a user would keep: L-BFGS's line search evaluates
-    trial points that can be far worse.
+    The loop is stylize's own (``stylize_scales`` with ``optimizers.Descent``), from stylize's random start
+    (``--init random``, seed 0): an engine configuration is built before the clock starts (its set-up is
+    reported apart); ``auto`` starts the clock first, as ``--max-time`` counts its probe and set-up. The best
+    image, not the last evaluated one, is what a user would keep: L-BFGS's line search evaluates trial points
+    that can be far worse. A coarse scale's snapshot is what the next scale would start from.
     """
     started = time.perf_counter()
-    spec = EngineSpec.defaults(VGG19, resolve(weights, VGG19))
-    content, style = demo_pair(size, size)
-    start = (torch.randn(content.shape, generator=torch.Generator().manual_seed(seed)) * 0.1 + 0.5).clamp(0, 1)
-    targets_weights = spec.loss_weights()
-    if config.runner.engine == "eager":
-        loop = EagerLoop(spec, content, style, targets_weights, device=config.runner.target, threads=threads, learning_rate=LEARNING_RATE, start=start, precision=config.precision)
-        evaluate: Callable[[torch.Tensor], tuple[float, torch.Tensor]] | None = None
-        pixels = loop.pixels
-    else:
-        engine = create_engine(config.runner.engine, spec, provider=config.runner.target, threads=threads, sizes=[(size, size)], precision=config.precision)
-        engine.set_targets(engine.build_targets(content, [style], [1.0], targets_weights))
-
-        def evaluate(image: torch.Tensor) -> tuple[float, torch.Tensor]:
-            terms, grad = engine.loss_and_grad(image)
-            return terms.total, grad
-
-        pixels = start.clone().to(engine.device).requires_grad_(True)
-    # Built before the clock starts: torch's first optimiser pulls in lazy imports that can take seconds.
-    optimizer: torch.optim.Optimizer | None = None  # the eager loop brings its own Adam
-    if evaluate is not None:
-        optimizer = torch.optim.Adam([pixels], lr=LEARNING_RATE) if config.optimizer == "adam" else torch.optim.LBFGS(
-            [pixels], lr=1.0, max_iter=10**9, max_eval=10**9, tolerance_grad=-1.0, tolerance_change=-1.0, history_size=100,
-            line_search_fn="strong_wolfe",
-        )
-    setup_seconds = time.perf_counter() - started
+    resolved = resolve(weights, VGG19)
+    spec = EngineSpec.defaults(VGG19, resolved)
+    content, style = demo_content(size), demo_style(size)
     snapshots: list[tuple[float, int, float, torch.Tensor]] = []
-    best = {"loss": math.inf, "image": start.clone()}
+    best: dict[str, Any] = {"loss": math.inf, "image": torch.empty(0), "side": 0}
     count = {"evaluations": 0}
-    clock = time.perf_counter()
+    clock = {"start": started}
     interval = seconds / SNAPSHOTS
 
     def record(loss: float, image: torch.Tensor) -> None:
         count["evaluations"] += 1
+        if image.shape[-1] != best["side"]:  # a new scale: losses of another size are not comparable
+            best["loss"], best["side"] = math.inf, image.shape[-1]
         if math.isfinite(loss) and loss < best["loss"]:
-            best["loss"], best["image"] = loss, image.detach().cpu().clone()
-        elapsed = time.perf_counter() - clock
-        if not snapshots or elapsed >= (len(snapshots)) * interval:
+            best["loss"], best["image"] = loss, _at_size(image, size).detach().cpu().clone()
+        elapsed = time.perf_counter() - clock["start"]
+        if not snapshots or elapsed >= len(snapshots) * interval:
             snapshots.append((elapsed, count["evaluations"], best["loss"], best["image"].half()))
 
-    try:
-        if evaluate is None:
-            while time.perf_counter() - clock < seconds:
-                image = loop.pixels.detach().clone()  # the image whose loss this step computes, before Adam moves it
-                record(loop.step(), image)
-        elif isinstance(optimizer, torch.optim.Adam):
-            while time.perf_counter() - clock < seconds:
-                optimizer.zero_grad(set_to_none=True)
-                loss, grad = evaluate(pixels.detach())
-                record(loss, pixels.detach())
-                pixels.grad = grad.to(pixels.dtype)
-                optimizer.step()
-        else:
-            scale: list[float] = []
-
-            def closure() -> torch.Tensor:
-                if time.perf_counter() - clock >= seconds:
-                    raise _OutOfTime
-                loss, grad = evaluate(pixels.detach())
-                record(loss, pixels.detach())
-                scale.append(scale[0] if scale else max(abs(loss), 1e-30))  # as stylize: L-BFGS in units of the first loss
-                pixels.grad = grad.to(pixels.dtype) / scale[0]
-                return torch.tensor(loss / scale[0])
-
-            assert optimizer is not None
-            optimizer.step(closure)
-    except _OutOfTime:
-        pass
-    total = time.perf_counter() - clock
+    note = ""
+    if config.runner is not None and config.runner.engine == "eager":
+        start = random_start(size, size, seed)
+        loop = EagerLoop(spec, *demo_pair(size, size), spec.loss_weights(), device=config.runner.target, threads=threads, learning_rate=LEARNING_RATE, start=start, precision=config.precision)
+        setup_seconds = time.perf_counter() - started
+        clock["start"] = time.perf_counter()
+        while time.perf_counter() - clock["start"] < seconds:
+            image = loop.pixels.detach().clone()  # the image whose loss this step computes, before Adam moves it
+            record(loop.step(), image)
+    else:
+        stylize_config, engine = _stylize_config(config, spec, resolved, size, threads, seed, seconds)
+        setup_seconds = time.perf_counter() - started
+        if not config.auto:
+            clock["start"] = time.perf_counter()
+        scales = coarse_to_fine(size) if config.coarse_to_fine else default_scales(size) if config.auto else [size]
+        lines: list[str] = []
+        with tempfile.TemporaryDirectory(prefix="onnxstyle-converge-") as folder:
+            try:
+                stylize_scales(
+                    content, [style], Path(folder) / "out.png", scales=scales, iterations=TIME_BOUND_ITERATIONS, init="random",
+                    config=stylize_config, deadline=clock["start"] + seconds, ready_engine=engine, announce=lines.append,
+                    on_evaluation=lambda _step, terms, image: record(terms.total, image),
+                )
+            except UsageError as error:  # the budget ran out before an improvement: what was recorded still counts
+                if not count["evaluations"]:
+                    raise
+                note = first_line(error)
+        note = "; ".join([*lines, *([note] if note else [])])
+        if config.auto:
+            setup_seconds = 0.0
+    total = time.perf_counter() - clock["start"]
     if count["evaluations"] == 0:
         raise UsageError(f"{config.label} at {size} px: the run of {seconds:g} s is shorter than one iteration; give more --seconds")
     if not math.isfinite(best["loss"]):
         raise NumericalError(f"{config.label} at {size} px: the loss was NaN or Inf in all {count['evaluations']} evaluations")
     snapshots.append((total, count["evaluations"], best["loss"], best["image"].half()))
-    return {"setup_seconds": setup_seconds, "seconds": total, "evaluations": count["evaluations"], "snapshots": snapshots}
+    return {"setup_seconds": setup_seconds, "seconds": total, "evaluations": count["evaluations"], "snapshots": snapshots, "note": note}
+
+
+def _stylize_config(
+    config: QualityConfig, spec: EngineSpec, resolved: Any, size: int, threads: int, seed: int, seconds: float
+) -> tuple[StylizeConfig, Any]:
+    """The stylize configuration of ``config`` and, for an engine configuration, its engine, built now (set-up)."""
+    if config.runner is None:
+        return StylizeConfig(weights=resolved, threads=threads, seed=seed, max_time=seconds), None
+    runner = config.runner
+    stylize_config = StylizeConfig(
+        engine=runner.engine, provider=runner.target, precision=config.precision, optimizer=config.optimizer, weights=resolved,  # type: ignore[arg-type]
+        threads=threads, seed=seed, tile=0,
+    )
+    engine = create_engine(runner.engine, spec, provider=runner.target, threads=threads, sizes=[(size, size)], precision=config.precision)
+    return stylize_config, engine
+
+
+def _at_size(image: torch.Tensor, size: int) -> torch.Tensor:
+    """A coarse scale's image as the next scale would start from it (bicubic, clamped), so every snapshot scores at ``size``."""
+    if image.shape[-1] == size:
+        return image.detach()
+    return torch.nn.functional.interpolate(image.detach().float().cpu(), size=(size, size), mode="bicubic", align_corners=False).clamp(0.0, 1.0)
 
 
 def score(size: int, weights: str, images: Sequence[torch.Tensor], threads: int) -> list[float]:
@@ -197,10 +266,13 @@ def converge(
     hang_seconds: float = 300.0,
     progress: Callable[[str], None] | None = None,
     on_update: Callable[[QualityReport], None] | None = None,
+    skip_unusable: bool = False,
 ) -> QualityReport:
     """Run every configuration at every size (each in its own worker, one at a time) and score its snapshots.
 
-    ``seconds`` is the wall time per configuration: one value for every size, or one per size. ``on_update``
+    ``seconds`` is the wall time per configuration: one value for every size, or one per size (a configuration
+    with a budget of its own, ``auto@60``, keeps it). ``skip_unusable`` (the default set) shows a configuration
+    whose runner cannot run here as skipped, with why; otherwise naming one is an error. ``on_update``
     hears the report after every configuration (bands recomputed), so a killed run keeps what it measured.
     Every option is checked before the first worker starts; a worker that fails, crashes or is killed fails
     its own configuration only. Ctrl-C or SIGTERM ends the run early: the report comes back ``interrupted``,
@@ -211,12 +283,15 @@ def converge(
         raise UsageError("give at least one configuration and one size")
     budgets = check_budgets(seconds, len(sizes))
     check_threads(threads)
-    check_runners(configs)
+    unusable = unusable_runners(configs) if skip_unusable else check_runners(configs)
     resolved = resolve(weights, VGG19)
     spec = EngineSpec.defaults(VGG19, resolved)
-    check_fits(configs, sizes, spec)
+    check_fits([config for config in configs if config.runner not in unusable], sizes, spec)
     threads = min(threads or default_threads(), default_threads())
-    options = {"seconds": dict(zip(map(str, sizes), budgets, strict=True)), "sizes": list(sizes), "configs": [config.label for config in configs], "threads": threads}
+    options = {
+        "seconds": dict(zip(map(str, sizes), budgets, strict=True)), "sizes": list(sizes), "configs": [config.label for config in configs],
+        "threads": threads,
+    }
     report = QualityReport([], options, fingerprint(), resolved.label, timing_only=resolved.weight_set.synthetic)
     report.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     say = progress or (lambda _text: None)
@@ -227,8 +302,11 @@ def converge(
         for size, budget, config in plan:
             run = QualityRun(config.label, size)
             report.runs.append(run)
-            say(f"{config.label} at {size} px for {budget:g} s")
-            images = _measure(run, config, budget, weights, threads, hang_seconds, log_dir, codes)
+            if config.runner in unusable:
+                run.status, run.reason = "skipped", f"not usable here: {unusable[config.runner]}"
+                continue
+            say(f"{config.label} at {size} px for {config.budget(budget):g} s")
+            images = _measure(run, config, config.budget(budget), weights, threads, hang_seconds, log_dir, codes)
             if images:
                 say(f"scoring {len(images)} snapshots of {config.label} at {size} px with the fp32 torch loss")
                 _score(run, images, weights, threads, hang_seconds, log_dir, codes)
@@ -262,10 +340,19 @@ def check_budgets(seconds: Sequence[float], sizes: int) -> list[float]:
     return budgets
 
 
-def check_runners(configs: Sequence[QualityConfig]) -> None:
+def check_runners(configs: Sequence[QualityConfig]) -> dict[Runner, str]:
     """A configuration on a provider or device that cannot run here is refused before any work, as bench refuses
-    a runner named in ``--provider`` (a ProviderError)."""
-    select_runners(",".join(dict.fromkeys(config.runner.label for config in configs)))
+    a runner named in ``--provider`` (a ProviderError). Returns no unusable runner: there is none."""
+    labels = dict.fromkeys(config.runner.label for config in configs if config.runner is not None)
+    if labels:
+        select_runners(",".join(labels))
+    return {}
+
+
+def unusable_runners(configs: Sequence[QualityConfig]) -> dict[Runner, str]:
+    """The configurations' runners that cannot run here, each with why (``runners.runner_status``)."""
+    reasons = {config.runner: runner_status(config.runner) for config in configs if config.runner is not None}
+    return {runner: reason for runner, reason in reasons.items() if reason is not None}
 
 
 def check_fits(configs: Sequence[QualityConfig], sizes: Sequence[int], spec: EngineSpec) -> None:
@@ -277,8 +364,9 @@ def check_fits(configs: Sequence[QualityConfig], sizes: Sequence[int], spec: Eng
     check_sizes([VGG19], [(size, size) for size in sizes])
     for size in sizes:
         for config in configs:
+            runner = config.runner or AUTO_ESTIMATE
             try:
-                tile_for(config.runner.engine, spec, size, size, 0, free_bytes(config.runner.device))
+                tile_for(runner.engine, spec, size, size, 0, free_bytes(runner.device))
             except UsageError as error:
                 raise UsageError(f"{config.label} at {size} px {error} (converge runs untiled); give smaller --sizes") from None
 
@@ -304,13 +392,14 @@ def _measure(
     codes: dict[int, int],
 ) -> list[torch.Tensor]:
     """One configuration in a worker of its own for ``budget`` seconds; fills ``run`` and returns its snapshot images."""
-    unsupported = precision_support(config.runner, config.precision)
+    unsupported = precision_support(config.runner, config.precision) if config.runner is not None else None
     if unsupported:
         run.status, run.reason = "skipped", unsupported
         return []
+    runner = config.runner or AUTO_ESTIMATE
     worker = None
     try:
-        worker = bench_run.open_worker(f"quality-{config.runner.label}-{run.size}", worker_environment(config.runner, threads, {}), log_dir)
+        worker = bench_run.open_worker(f"quality-{'auto' if config.auto else runner.label}-{run.size}", worker_environment(runner, threads, {}), log_dir)
         result = worker.run(
             "onnxstyle.quality:run_config", hang_seconds + 2 * budget, config=config, size=run.size, seconds=budget, weights=weights, threads=threads,
         )
@@ -325,6 +414,7 @@ def _measure(
         if worker is not None:
             worker.close()
     run.setup_seconds, run.seconds, run.evaluations = result["setup_seconds"], result["seconds"], result["evaluations"]
+    run.note = printable(str(result.get("note", "")))
     images = []
     for time_point, evaluation, own, image in result["snapshots"]:
         run.times.append(time_point)

@@ -12,6 +12,9 @@ for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
 # path, the cluster tests' local Ray keeps its session under /tmp (our own worker sockets need no path at all).
 if len(tempfile.gettempdir()) > 32 and os.path.isdir("/tmp"):
     os.environ.setdefault("RAY_TMPDIR", "/tmp")
+# --engine auto's measurements: one folder for the whole session (each backbone and size is probed once, not per
+# test), never the user's own cache. Tests of the cache itself point it elsewhere.
+os.environ["ONNXSTYLE_CACHE_DIR"] = tempfile.mkdtemp(prefix="onnxstyle-auto-")
 
 
 @pytest.fixture(autouse=True)

@@ -286,7 +286,7 @@ def limited(gigabytes):
 def test_an_address_space_limit_is_met_with_the_estimate(tmp_path):
     command = [sys.executable, "-m", "onnxstyle.cli"]
     stylized = subprocess.run(
-        [*command, "stylize", "--demo", "--size", "512", "--tile", "0", "--iterations", "1", "-o", "x.png"],
+        [*command, "stylize", "--demo", "--size", "512", "--scales", "512", "--tile", "0", "--iterations", "1", "-o", "x.png"],
         cwd=tmp_path, capture_output=True, text=True, preexec_fn=limited(1.9), timeout=300,
     )
     assert stylized.returncode == 2 and "512x512 untiled needs ≈" in stylized.stderr and "leave out --tile 0" in stylized.stderr

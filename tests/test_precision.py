@@ -126,9 +126,12 @@ def test_winograd_is_chosen_for_fp32_cpu_graphs_only():
     vgg = get_backbone("vgg19")
     spec = EngineSpec.defaults(vgg, resolve("synthetic", vgg))
     fp32 = OnnxRuntimeEngine(spec, ProviderConfig("CPUExecutionProvider", threads=2), [(256, 256), (128, 128)])
-    # chosen for the smallest size asked for: at 128 px conv4_x are 16x16 (16 tiles), conv5_1 8x8 (4 tiles: direct)
-    assert fp32.winograd_size == (128, 128)
-    assert fp32.conv_algorithm.startswith("winograd F(4x4,3x3): conv2_2, conv3_1,") and "conv4_4 (chosen for 128x128)" in fp32.conv_algorithm
+    # chosen for the largest size asked for, where a coarse-to-fine run spends its time: at 256 px conv5_1 is 16x16
+    # (16 tiles: Winograd); at 128 px it would be 8x8 (4 tiles: direct)
+    assert fp32.winograd_size == (256, 256)
+    assert fp32.conv_algorithm.startswith("winograd F(4x4,3x3): conv2_2, conv3_1,") and "conv5_1 (chosen for 256x256)" in fp32.conv_algorithm
+    small = OnnxRuntimeEngine(spec, ProviderConfig("CPUExecutionProvider", threads=2), [(128, 128)])
+    assert "conv4_4 (chosen for 128x128)" in small.conv_algorithm and "conv5_1" not in small.conv_algorithm
     assert OnnxRuntimeEngine(spec, ProviderConfig("CPUExecutionProvider", threads=2), [(256, 256)], winograd=False).conv_algorithm == "direct"
     fp16 = OnnxRuntimeEngine(spec, ProviderConfig("CPUExecutionProvider", threads=2, precision="fp16"), [(256, 256)])
     assert fp16.conv_algorithm == "direct"

@@ -80,3 +80,47 @@ def test_a_short_real_run_scores_every_snapshot_and_refuses_runs_shorter_than_an
         converge(configs=configs[:1], sizes=[64], seconds=[1e-6], weights="vgg19-q8", threads=2)
     with pytest.raises(UsageError, match="--seconds needs one positive number, or one per size"):
         converge(configs=configs, sizes=[64, 96], seconds=[1.0, 2.0, 3.0])
+
+
+def test_coarse_to_fine_auto_and_own_budgets_parse_and_print_back():
+    configs = parse_configs("cpu:fp32:lbfgs:c2f,auto,auto@60,torch:bf16:adam@30")
+    assert [config.spec for config in configs] == ["ort-cpu:fp32:lbfgs:c2f", "auto", "auto@60", "torch-cpu:bf16:adam@30"]
+    assert [config.label for config in configs] == ["ort-cpu fp32 lbfgs c2f", "auto", "auto (60 s)", "torch-cpu bf16 adam (30 s)"]
+    assert configs[0].coarse_to_fine and configs[1].auto and configs[2].budget(420) == 60 and configs[0].budget(420) == 420
+    assert parse_configs(",".join(config.spec for config in configs)) == configs  # what a report's not_run lists pastes back
+    for bad, message in (
+        ("cpu:fp32:lbfgs:pyramid", "unknown schedule 'pyramid'"), ("eager:fp32:adam:c2f", "plain Adam loop a user would write at one size"),
+        ("auto@0", "own budget"), ("auto@soon", "own budget"), ("cpu@1e9", "own budget"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            parse_configs(bad)
+
+
+def test_the_default_set_leaves_out_plugin_eps_that_are_not_installed(monkeypatch):
+    from onnxstyle import plugin_eps, quality
+
+    monkeypatch.setattr(plugin_eps, "installed_version", lambda ep: "1.8.1" if ep.key == "openvino" else None)
+    with_openvino = {config.spec for config in quality.default_configs()}
+    assert {"eager-cpu:fp32:adam", "ort-cpu:fp32:lbfgs:c2f", "auto", "ort-openvino:bf16:lbfgs"} <= with_openvino
+    monkeypatch.setattr(plugin_eps, "installed_version", lambda ep: None)
+    assert not any("openvino" in config.spec for config in quality.default_configs())
+
+
+def test_the_fastest_configuration_and_what_a_budgeted_run_is_worth_in_the_plain_loops_time():
+    from onnxstyle.report.quality import eager_time_to, fastest_lines, to_markdown
+
+    eager = QualityRun("eager-cpu fp32 adam", 512, seconds=420.0, evaluations=100, times=[0, 100, 300, 420], yardstick=[100.0, 40.0, 20.0, 15.0])
+    c2f = QualityRun("ort-cpu fp32 lbfgs c2f", 512, seconds=420.0, evaluations=300, times=[0, 20, 60, 420], yardstick=[100.0, 15.0, 10.4, 10.0])
+    short = QualityRun("auto (60 s)", 512, seconds=60.0, evaluations=40, times=[0, 30, 60], yardstick=[100.0, 30.0, 19.0], note="auto: ort-cpu fp32 lbfgs")
+    report = QualityReport([eager, c2f, short], {"seconds": {"512": 420}}, {"cpu": "test CPU"}, "vgg19-q8")
+    band_times(report.runs)
+    assert eager_time_to(report, short) == (420.0, False)  # eager's first snapshot at 19 or below: its final 15, at 420 s
+    assert eager_time_to(report, QualityRun("x", 512, yardstick=[25.0], times=[1.0])) == (300.0, False)
+    assert eager_time_to(report, c2f) == (420.0, True)  # never within its run
+    (line,) = fastest_lines(report)
+    assert line.startswith("fastest at 512 px: ort-cpu fp32 lbfgs c2f gave the plain loop's final picture in 20.0 s, 21.00× sooner")
+    assert "within 5% of the best final loss at 60.0 s (14% of its 420 s)" in line
+    markdown = to_markdown(report)
+    assert f"- **{line}**" in markdown and "- auto (60 s) at 512 px: auto: ort-cpu fp32 lbfgs" in markdown
+    rows = {row[1]: row for row in quality_table(report).rows}
+    assert rows["ort-cpu fp32 lbfgs c2f"][10] == "> 420.0" and rows["auto (60 s)"][10] == "420.0"

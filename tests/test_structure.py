@@ -18,11 +18,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "text", "defaults"),
     ("files", "backbones", "losses", "images", "weights", "interference", "workers", "bench.records"),
     ("plugin_eps", "providers", "precision", "runners", "sysinfo", "memory"),
-    ("exporters", "tiling"),
+    ("exporters", "tiling", "optimizers"),
     ("engines",),
     ("bench", "report", "gradient_checks"),
     ("cluster",),
-    ("parity", "quality", "profiling", "provider_check", "stylize"),
+    ("auto", "parity", "quality", "profiling", "provider_check", "stylize"),
     ("cli", "__main__"),
 )
 

@@ -88,8 +88,9 @@ def test_scales_parse_default_and_split_iterations():
         parse_scales("1024,512")
     with pytest.raises(UsageError, match="invalid size"):
         parse_scales("512,big")
-    assert default_scales(768) == [768]
-    assert default_scales((7680, 4320)) == [512, 1024, 2048, 4096, (7680, 4320)]
+    assert default_scales(256) == [256] and default_scales(511) == [511]
+    assert default_scales(512) == [128, 256, 512] and default_scales(768) == [128, 256, 512, 768]
+    assert default_scales((7680, 4320)) == [128, 256, 512, 1024, 2048, 4096, (7680, 4320)]
     assert scale_iterations(200, 4) == [200, 100, 50, 25]
     assert scale_iterations(100, 5) == [100, 50, 25, 20, 20] and scale_iterations(2, 3) == [2, 2, 2]
     assert scale_iterations("30,20", 2) == [30, 20]

@@ -135,8 +135,9 @@ class OnnxRuntimeEngine(Engine):
             raise UsageError(f"Winograd convolutions are built for the cpu provider only; {short_name(config.provider)} chooses its own convolution algorithms")
         if winograd is None:
             winograd = config.provider == "CPUExecutionProvider" and self.graph_precision == "fp32"
-        # Which layers pay off depends on their size: decided for the smallest size asked for (one CPU graph serves all).
-        self.winograd_size = min(sizes, key=lambda size: size[0] * size[1]) if winograd and sizes else None
+        # Which layers pay off depends on their size: decided for the largest size asked for, where most of a
+        # coarse-to-fine run's time goes (one CPU graph serves all sizes).
+        self.winograd_size = max(sizes, key=lambda size: size[0] * size[1]) if winograd and sizes else None
         self.static_shapes = config.provider not in DYNAMIC_SHAPE_PROVIDERS
         self.io_binding = self.on_gpu if io_binding is None else io_binding
         if config.cuda_graph and not self.io_binding:

@@ -40,6 +40,7 @@ class QualityRun:
     own_losses: list[float] = field(default_factory=list)
     yardstick: list[float] = field(default_factory=list)
     to_band: dict[str, float | None] = field(default_factory=dict)  # "5%" → seconds, or None when never reached
+    note: str = ""  # what the run said of itself: auto's choice, a budget that ended before an improvement
 
     @property
     def final(self) -> float | None:
@@ -116,6 +117,7 @@ def _run(raw: Any, index: int) -> QualityRun:
     figure(owner, "size", raw.get("size"), positive=True, whole=True)
     kind(owner, "status", raw.get("status", "ok"), str)
     kind(owner, "reason", raw.get("reason", ""), str)
+    kind(owner, "note", raw.get("note", ""), str)
     for name in ("setup_seconds", "seconds"):
         figure(owner, name, raw.get(name), optional=True)
     figure(owner, "evaluations", raw.get("evaluations"), optional=True, whole=True)
@@ -180,9 +182,37 @@ def speedup_to_eager_final(report: QualityReport, run: QualityRun) -> tuple[floa
     return reached, (reference.seconds or 0.0) / reached
 
 
+def eager_time_to(report: QualityReport, run: QualityRun) -> tuple[float, bool] | None:
+    """(seconds the plain eager loop took to reach ``run``'s final loss, whether that is only a lower bound: it never
+    did within its run, so its whole run time is given). A run on its own budget (``auto@60``) is judged by this:
+    how much of the plain loop's time its picture is worth."""
+    reference = _eager_reference(report, run)
+    if reference is None or reference is run or run.final is None or not reference.yardstick:
+        return None
+    reached = next((time for time, loss in zip(reference.times, reference.yardstick, strict=True) if loss <= run.final), None)
+    return (reference.seconds or 0.0, True) if reached is None else (reached, False)
+
+
+def fastest_lines(report: QualityReport) -> list[str]:
+    """Per size, the configuration that reached the plain loop's final picture soonest, and when it came within each band."""
+    lines = []
+    for size in report.sizes():
+        timed = [(found, run) for run in report.runs if run.size == size and (found := speedup_to_eager_final(report, run)) is not None]
+        if not timed:
+            continue
+        (seconds, ratio), run = min(timed, key=lambda item: item[0][0])
+        bands = ", ".join(
+            f"within {band} of the best final loss at {_seconds(run.to_band.get(band))} s"
+            + (f" ({reached / run.seconds:.0%} of its {run.seconds:.0f} s)" if (reached := run.to_band.get(band)) is not None and run.seconds else "")
+            for band in (f"{100 * value:g}%" for value in BANDS)
+        )
+        lines.append(f"fastest at {size} px: {run.config} gave the plain loop's final picture in {seconds:.1f} s, {ratio:.2f}× sooner; {bands}")
+    return lines
+
+
 COLUMNS = (
     "size", "configuration", "evaluations", "eval/min", "final loss", "s to 5%", "s to 1%", "×eager (5%)", "s to eager's final",
-    "×eager (its final)", "setup s",
+    "×eager (its final)", "eager s to this", "setup s",
 )
 
 
@@ -202,12 +232,24 @@ def quality_table(report: QualityReport) -> TableData:
             f"{run.final:.4g}", *(_seconds(run.to_band.get(f"{100 * band:g}%")) for band in BANDS),
             "–" if ratio is None else f"{'> ' if ratio[1] else ''}{ratio[0]:.2f}×",
             "–" if to_eager is None else f"{to_eager[0]:.1f}", "–" if to_eager is None else f"{to_eager[1]:.2f}×",
+            "–" if (worth := eager_time_to(report, run)) is None else f"{'> ' if worth[1] else ''}{worth[0]:.1f}",
             _figure(run.setup_seconds, ".1f"),
         ])
     for label in report.not_run:
         config, _, size = label.rpartition(" @ ")
         rows.append([size, config, "not run: interrupted before it started", *["–"] * (len(COLUMNS) - 3)])
     return table
+
+
+def summary_lines(report: QualityReport) -> list[str]:
+    """Under the table on a terminal: the fastest configuration per size, then what runs said of themselves."""
+    return [*fastest_lines(report), *(f"{run.config} at {run.size} px: {run.note}" for run in report.runs if run.note)]
+
+
+def notes_lines(report: QualityReport) -> list[str]:
+    """What runs said of themselves (auto's choice), under the table."""
+    notes = [f"- {run.config} at {run.size} px: {run.note}" for run in report.runs if run.note]
+    return ["", *notes] if notes else []
 
 
 def interrupted_line(report: QualityReport) -> str | None:
@@ -236,8 +278,10 @@ def to_markdown(report: QualityReport) -> str:
         "(seed 0); its best image snapshotted as time passes; every snapshot scored by the fp32 torch loss (same targets, same weights); "
         "bands relative to the best final loss of any configuration at that size",
         *([f"- **{line}**"] if (line := interrupted_line(report)) else []),
+        *(f"- **{line}**" for line in fastest_lines(report)),
         "",
         *markdown_lines(quality_table(report)),
+        *notes_lines(report),
     ]
     lines += [
         "",
@@ -245,7 +289,11 @@ def to_markdown(report: QualityReport) -> str:
         "loss; \"> N×\" where the eager loop did not get there within its run (its whole run time taken as its time). "
         "s to eager's final: when the configuration's best image first scored the loss the eager loop ended its run with; "
         "×eager (its final): the eager run's time over that — how much sooner the configuration gives the picture the plain loop "
-        "would have given.",
+        "would have given. eager s to this: when the plain loop's best image first scored this configuration's final loss "
+        "(\"> N\": not within its N-s run) — what a run on a budget of its own (`auto@60`) is worth in the plain loop's time. "
+        "auto: what `stylize --max-time SECONDS` runs with no other flags, its probe and set-up inside the budget; other "
+        "configurations start their clock once their engine is built (setup s). c2f: coarse to fine, "
+        "128 → 256 → … px, each scale given the share of the time left that its planned work is of the work left.",
         "",
     ]
     return "\n".join(lines)
