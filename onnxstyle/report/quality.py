@@ -201,13 +201,17 @@ def fastest_lines(report: QualityReport) -> list[str]:
         if not timed:
             continue
         (seconds, ratio), run = min(timed, key=lambda item: item[0][0])
-        bands = ", ".join(
-            f"within {band} of the best final loss at {_seconds(run.to_band.get(band))} s"
-            + (f" ({reached / run.seconds:.0%} of its {run.seconds:.0f} s)" if (reached := run.to_band.get(band)) is not None and run.seconds else "")
-            for band in (f"{100 * value:g}%" for value in BANDS)
-        )
+        bands = ", ".join(_band_phrase(run, f"{100 * value:g}%") for value in BANDS)
         lines.append(f"fastest at {size} px: {run.config} gave the plain loop's final picture in {seconds:.1f} s, {ratio:.2f}× sooner; {bands}")
     return lines
+
+
+def _band_phrase(run: QualityRun, band: str) -> str:
+    reached = run.to_band.get(band)
+    if reached is None:
+        return f"never within {band} of the best final loss"
+    share = f" ({reached / run.seconds:.0%} of its {run.seconds:.0f} s)" if run.seconds else ""
+    return f"within {band} of the best final loss at {reached:.1f} s{share}"
 
 
 COLUMNS = (
