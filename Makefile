@@ -32,10 +32,13 @@ bench-reference: $(STAMP)
 	$(BIN)/onnxstyle bench --model vgg --sizes 512,2048 --provider cpu,eager --iterations 1 --runs 3 --warmup 1 --name vgg19-512-2048-cpu
 	$(BIN)/onnxstyle bench --model vgg --sizes 128,256 --precision fp32,bf16,fp16 --name vgg19-precision-cpu
 
-# Time to quality with the real vgg19-q8 weights (≈1 h on 2 cores): every configuration for the same wall time.
+# Time to quality with the real vgg19-q8 weights (≈70 min on 2 cores): every default configuration for the same
+# wall time, `auto@60` (a one-minute `stylize --max-time 60`) among them, and each one's final picture (the gallery's).
+# The reports are named after the CPU's vendor: --engine auto's rules cite the Intel (…-cpu) and the AMD (…-amd) runs.
+VENDOR := $(shell grep -qm1 AuthenticAMD /proc/cpuinfo 2>/dev/null && echo amd || echo cpu)
 quality-reference: $(STAMP)
-	$(BIN)/onnxstyle converge --sizes 256,512 --seconds 60,150 --name quality-cpu
-	$(BIN)/onnxstyle converge --sizes 512 --seconds 420 --name quality-512-cpu
+	$(BIN)/onnxstyle auto --clear
+	$(BIN)/onnxstyle converge --sizes 512 --seconds 300 --images reports/gallery/quality-512-$(VENDOR) --name quality-512-$(VENDOR)
 
 # Tiled large images (issue: 8K): memory against image size and tile size, time per pixel (≈1.5 h on 2 cores).
 bench-large: $(STAMP)

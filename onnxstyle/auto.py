@@ -31,7 +31,7 @@ from onnxstyle.engines import Engine, EngineSpec, create_engine
 from onnxstyle.errors import OnnxstyleError, ProviderError, UsageError, first_line
 from onnxstyle.files import write_atomic
 from onnxstyle.images import demo_pair
-from onnxstyle.providers import CUDA_TARGETS, ort_info
+from onnxstyle.ort_providers import CUDA_TARGETS, ort_info
 from onnxstyle.runners import Runner, runner_status, select_runners
 from onnxstyle.precision import supported, why_not
 from onnxstyle.sysinfo import cpu_model, default_threads, release_memory
@@ -104,7 +104,8 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu_model(), "cpus": default_threads(), "machine": platform.machine(),
         "gpu": [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())] if torch.cuda.is_available() else [],
-        "torch": torch.__version__, "onnxruntime": f"{build['package']} {build['version']}", "plugin_eps": {key: installed_version(ep) for key, ep in KNOWN.items()},
+        "torch": torch.__version__, "onnxruntime": f"{build['package']} {build['version']}",
+        "plugin_eps": {key: installed_version(ep) for key, ep in KNOWN.items()},
         "onnxstyle": __version__,
     }
 
@@ -205,7 +206,8 @@ def _runners_named(provider: str) -> list[Runner]:
 
 def probe(candidate: Candidate, spec: EngineSpec, side: int, threads: int, clock: Callable[[], float] = time.perf_counter) -> tuple[float, Engine]:
     """Seconds per loss+gradient evaluation of ``candidate`` at ``side`` px (the best of a few, after a warm-up), and its engine."""
-    engine = create_engine(candidate.runner.engine, spec, provider=candidate.runner.target, threads=threads, sizes=[(side, side)], precision=candidate.precision)
+    runner = candidate.runner
+    engine = create_engine(runner.engine, spec, provider=runner.target, threads=threads, sizes=[(side, side)], precision=candidate.precision)
     content, style = demo_pair(side, side)
     engine.set_targets(engine.build_targets(content, [style], [1.0], spec.loss_weights()))
     image = content.to(engine.device)
@@ -227,6 +229,7 @@ def choose(
     cuda_graph: bool = False,
     threads: int | None = None,
     budget: float | None = None,
+    optimizer: str = AUTO_OPTIMIZER,
     cache: Path | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Choice:
@@ -239,19 +242,22 @@ def choose(
     found, left_out = candidates(provider=provider, precision=precision, cuda_graph=cuda_graph)
     if len(found) == 1:
         only = found[0]
-        return Choice(only, _line(only, "the only candidate here", left_out))
+        return Choice(only, _line(only, optimizer, "the only candidate here", left_out))
     probe_side = min(side, PROBE_SIDE)
     facts = machine()
     key = entry_key(facts, spec, probe_side, threads)
     entries = read_cache(cache)
     entry = entries.get(key) or {}
     cached, broken = dict(entry.get("seconds") or {}), dict(entry.get("failed") or {})
-    seconds = {candidate.label: float(cached[candidate.label]) for candidate in found if isinstance(cached.get(candidate.label), (int, float))}
+    seconds = {candidate.label: float(cached[candidate.label]) for candidate in found if _is_duration(cached.get(candidate.label))}
     failed = {candidate.label: str(broken[candidate.label]) for candidate in found if candidate.label in broken and candidate.label not in seconds}
     kept: tuple[str, Engine] | None = None  # under a budget, the fastest probe's engine, to run with
     started = clock()
     # Accelerators first: under a budget, the probe reaches the likely winners before it runs out.
-    missing = sorted((candidate for candidate in found if candidate.label not in seconds and candidate.label not in failed), key=lambda candidate: candidate.runner.device == "cpu")
+    missing = sorted(
+        (candidate for candidate in found if candidate.label not in seconds and candidate.label not in failed),
+        key=lambda candidate: candidate.runner.device == "cpu",
+    )
     unprobed: list[str] = []
     for index, candidate in enumerate(missing):
         if budget is not None and index and clock() - started > PROBE_SHARE * budget:
@@ -281,12 +287,18 @@ def choose(
     by_label = {candidate.label: candidate for candidate in found}
     best = min(seconds, key=lambda label: seconds[label])
     why = f"fastest at {probe_side} px of {_figures(seconds)} ({source})"
-    return Choice(by_label[best], _line(by_label[best], why, notes), seconds, kept[1] if kept is not None and kept[0] == best else None)
+    winner = by_label[best]
+    return Choice(winner, _line(winner, optimizer, why, notes), seconds, kept[1] if kept is not None and kept[0] == best else None)
+
+
+def _is_duration(value: Any) -> bool:
+    """A cached figure worth trusting: a finite positive number (an edited or damaged cache is only ever a probe away)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def _figures(seconds: dict[str, Any]) -> str:
-    """``ort-cpu fp32 0.41 s/it, torch-cpu fp32 0.73 s/it``: fastest first (anything not a finite figure is dropped)."""
-    usable = {label: value for label, value in seconds.items() if isinstance(value, (int, float)) and math.isfinite(value)}
+    """``ort-cpu fp32 412 ms/it, torch-cpu fp32 731 ms/it``: fastest first (anything not a duration is dropped)."""
+    usable = {label: value for label, value in seconds.items() if _is_duration(value)}
     return ", ".join(f"{label} {_duration(value)}/it" for label, value in sorted(usable.items(), key=lambda item: item[1]))
 
 
@@ -294,9 +306,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.3g} s" if seconds >= 1 else f"{1000 * seconds:.3g} ms"
 
 
-def _line(candidate: Candidate, why: str, left_out: Sequence[str]) -> str:
+def _line(candidate: Candidate, optimizer: str, why: str, left_out: Sequence[str]) -> str:
     skipped = f"; left out: {', '.join(left_out)}" if left_out else ""
-    return f"auto: {candidate.label} {AUTO_OPTIMIZER} — {why}{skipped}"
+    return f"auto: {candidate.label} {optimizer} — {why}{skipped}"
 
 
 def cache_lines(path: Path | None = None) -> list[str]:
@@ -305,7 +317,8 @@ def cache_lines(path: Path | None = None) -> list[str]:
     entries = read_cache(path)
     if not entries:
         return [f"cache: {path} (empty: the next --engine auto run measures the candidates)"]
-    lines = [f"cache: {path} ({len(entries)} measurement{'s' if len(entries) != 1 else ''}; delete it or run onnxstyle auto --clear to measure again)"]
+    count = f"{len(entries)} measurement{'s' if len(entries) != 1 else ''}"
+    lines = [f"cache: {path} ({count}; delete it or run onnxstyle auto --clear to measure again)"]
     for key, entry in sorted(entries.items()):
         facts = entry.get("machine") or {}
         backbone = key.split("/")[1] if key.count("/") else "?"

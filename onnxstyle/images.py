@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from onnxstyle.errors import ImageError, UsageError
 from onnxstyle.files import check_output, write_atomic
@@ -171,11 +172,29 @@ def check_writable(path: Path, inputs: Iterable[str | Path] = ()) -> Path:
     return check_output(path, formats=SAVE_FORMATS, inputs=inputs, what="image")
 
 
-def save_image(image: Image.Image, path: Path) -> Path:
-    """Write atomically (see ``files``), so an interrupted save leaves the old image or the new one."""
+def save_image(image: Image.Image, path: Path, *, tag: str | None = None) -> Path:
+    """Write atomically (see ``files``), so an interrupted save leaves the old image or the new one.
+
+    ``tag`` (PNG only) names the writer in the file's ``Software`` field, so a later run can tell its own files
+    (which it may replace) from a user's (which it may not): ``written_by``.
+    """
     path = check_writable(Path(path))
     image_format = SAVE_FORMATS[path.suffix.lower()]
-    return write_atomic(path, lambda out: image.save(out, format=image_format))
+    options: dict[str, Any] = {}
+    if tag and image_format == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Software", tag)
+        options["pnginfo"] = info
+    return write_atomic(path, lambda out: image.save(out, format=image_format, **options))
+
+
+def written_by(path: Path, tag: str) -> bool:
+    """Whether ``path`` is a PNG that ``save_image(..., tag=tag)`` wrote."""
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and getattr(image, "text", {}).get("Software") == tag
+    except (OSError, UnidentifiedImageError, AttributeError):
+        return False
 
 
 def demo_pair(width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:

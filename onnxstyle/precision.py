@@ -16,7 +16,7 @@ import torch
 
 from onnxstyle.errors import UsageError
 from onnxstyle.plugin_eps import PluginTarget, parse_target
-from onnxstyle.providers import CPU_TARGETS
+from onnxstyle.ort_providers import CPU_TARGETS
 
 PRECISIONS = ("fp32", "bf16", "fp16", "tf32")
 

@@ -76,6 +76,14 @@ def parse_profile(events: list[dict[str, object]], runs: int) -> tuple[float, li
     return sum(float(event["dur"]) for event in counted) / runs / 1000, nodes  # type: ignore[arg-type]
 
 
+def parse_conv(text: str) -> bool | None:
+    """``--conv``: auto (as stylize and bench build the graph: None), direct (False) or winograd (True)."""
+    choices = {"auto": None, "direct": False, "winograd": True}
+    if text not in choices:
+        raise UsageError(f"--conv must be auto, direct or winograd, got '{text}'")
+    return choices[text]
+
+
 def profile_loss(
     *,
     model: str = "vgg19",
@@ -95,7 +103,7 @@ def profile_loss(
     from onnxstyle.engines import EngineSpec
     from onnxstyle.engines.onnxruntime_engine import OnnxRuntimeEngine
     from onnxstyle.images import demo_pair
-    from onnxstyle.providers import ProviderConfig, canonical
+    from onnxstyle.ort_providers import ProviderConfig, canonical
     from onnxstyle.sysinfo import default_threads
     from onnxstyle.weights import resolve
 

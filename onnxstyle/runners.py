@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from onnxstyle.errors import ProviderError, UsageError
 from onnxstyle.plugin_eps import parse_target
 from onnxstyle.precision import supported, why_not
-from onnxstyle.providers import CUDA_PROVIDERS, CUDA_TARGETS, canonical, known_providers, probe_provider, short_name
+from onnxstyle.ort_providers import CUDA_PROVIDERS, CUDA_TARGETS, canonical, known_providers, probe_provider, short_name
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from onnxstyle.losses import LossTerms, LossWeights
 from onnxstyle.memory import free_bytes
 from onnxstyle.optimizers import Descent, OnEvaluation, OptimizerName, check_optimizer
 from onnxstyle.precision import PRECISIONS, require
-from onnxstyle.providers import canonical, short_name
+from onnxstyle.ort_providers import canonical, short_name
 from onnxstyle.runners import Runner
 from onnxstyle.sysinfo import default_threads
 from onnxstyle.tiling import check_tile, tile_for
@@ -59,15 +59,22 @@ class StylizeResult:
     saved: list[Path] = field(default_factory=list)
     image: torch.Tensor | None = field(default=None, repr=False)  # the written image in float, before 8-bit rounding
     ended_by: Literal["iterations", "time"] = "iterations"
+    final_scale_losses: list[float] | None = None  # a multi-resolution run's losses at the written size
+
+    @property
+    def written_losses(self) -> list[float]:
+        """The losses at the output's size: a coarse scale's losses are of another problem and not comparable."""
+        return self.losses if self.final_scale_losses is None else self.final_scale_losses
 
     @property
     def best_loss(self) -> float:
         """The loss of the written image: the lowest evaluated, not the last (a line search or Adam may overshoot)."""
-        return min(self.losses) if self.losses else math.nan
+        return min(self.written_losses) if self.written_losses else math.nan
 
     @property
     def loss_reduction(self) -> float:
-        return 1.0 - self.best_loss / self.losses[0] if self.losses and self.losses[0] else 0.0
+        losses = self.written_losses
+        return 1.0 - self.best_loss / losses[0] if losses and losses[0] else 0.0
 
 
 ProgressCallback = Callable[[int, int, LossTerms], None]
@@ -260,27 +267,17 @@ def stylize(
     output: str | Path = "out.png",
     *,
     size: int | str | tuple[int, int] = SIZE,
-    init: str | torch.Tensor = "random",
-    progress: ProgressCallback | None = None,
-    config: StylizeConfig | None = None,
-    deadline: float | None = None,
-    on_evaluation: OnEvaluation | None = None,
-    announce: Callable[[str], None] | None = None,
     **options: Any,
 ) -> StylizeResult:
     """Stylise ``content`` with one or more ``styles`` at one size and write ``output``; returns the loss history.
 
-    ``deadline`` (``time.perf_counter()`` units) ends the optimisation; without it, ``max_time`` counts from this call.
-    ``options`` are :class:`StylizeConfig`'s fields (or pass ``config``). Everything is checked before any
-    work: options, the output (never one of the inputs), and that the image fits in memory, tiled if
-    need be. The output is only written with an image better than the start: a run that fails or is
-    interrupted before improving on it leaves an existing file as it was. ``announce`` hears auto's one line.
+    ``stylize_scales`` with one scale: the same keywords (``init``, ``progress``, ``config`` or
+    :class:`StylizeConfig`'s fields, ``deadline``, ``on_evaluation``, ``announce``). Everything is checked before
+    any work: options, the output (never one of the inputs), and that the image fits in memory, tiled if need be.
+    The output is only written with an image better than the start: a run that fails or is interrupted before
+    improving on it leaves an existing file as it was.
     """
-    config = config or _config(options)
-    return stylize_scales(
-        content, styles, output, scales=[parse_size(size) if isinstance(size, str) else size], iterations=config.iterations,
-        init=init, progress=progress, config=config, deadline=deadline, on_evaluation=on_evaluation, announce=announce,
-    )
+    return stylize_scales(content, styles, output, scales=[parse_size(size) if isinstance(size, str) else size], **options)
 
 
 @dataclass
@@ -307,7 +304,7 @@ def stylize_scales(
     output: str | Path,
     *,
     scales: Sequence[tuple[int, int] | int],
-    iterations: int | str | Sequence[int],
+    iterations: int | str | Sequence[int] | None = None,
     init: str | torch.Tensor = "random",
     progress: ProgressCallback | None = None,
     config: StylizeConfig | None = None,
@@ -331,8 +328,9 @@ def stylize_scales(
     Under ``max_time`` (or ``deadline``) each scale gets the share of the time left that its planned work
     (pixels × iterations) is of the work left, so the coarse scales cannot eat the final one's time. When only
     the budget ends the run (no ``--iterations``), a coarse scale also ends after ``COARSE_ITERATIONS``
-    evaluations, leaving what it did not use to the finer ones: at 512 px in 150 s (AMD EPYC, ORT fp32 L-BFGS,
-    128 → 256 → 512), that ended at a yardstick loss of 1.41e6, against 1.47e6 with the time shares alone.
+    evaluations, leaving what it did not use to the finer ones.
+    ``iterations``: one count per scale, or N for the halving rule (``scale_iterations``); None is the config's.
+    ``deadline`` (``time.perf_counter()`` units) ends the run; without it, ``max_time`` counts from this call.
     ``ready_engine``, built beforehand for this configuration, runs every untiled scale (converge times set-up apart).
     ``on_evaluation`` hears every evaluation with the image it evaluated, at that scale's size.
     """
@@ -342,7 +340,7 @@ def stylize_scales(
     if deadline is None and config.max_time is not None:
         deadline = time.perf_counter() + config.max_time
     output, blend = _check_outputs(config, content, styles, output, init)
-    counts = scale_iterations(iterations, len(scales))
+    counts = scale_iterations(config.iterations if iterations is None else iterations, len(scales))
     inputs = _inputs(content, styles, init)
     paths = [output if index == len(scales) - 1 else check_writable(scale_path(output, scale), inputs) for index, scale in enumerate(scales)]
     backbone = config.backbone
@@ -351,7 +349,7 @@ def stylize_scales(
     spec = EngineSpec(backbone, tuple(config.content_layers or ()), tuple(config.style_layers or ()), config.pooling, resolved)
     source = _open(content)
     plan = [_Scale(*resize_dimensions(source.size, scale), count, path) for scale, count, path in zip(scales, counts, paths, strict=True)]
-    if config.iterations >= TIME_BOUND_ITERATIONS:  # only the budget ends the run: a coarse scale also ends when it has settled
+    if counts[0] >= TIME_BOUND_ITERATIONS:  # only the budget ends the run: a coarse scale also ends when it has settled
         for item in plan[:-1]:
             item.planned, item.iterations = item.iterations, min(item.iterations, COARSE_ITERATIONS)
     # What cannot fit is refused before auto's probe, by ONNX Runtime's CPU estimate (the choice is checked again after)
@@ -368,25 +366,26 @@ def stylize_scales(
         largest = max(max(item.width, item.height) for item in plan)
         choice = choose(
             spec, largest, provider=config.provider, precision=config.precision, cuda_graph=config.cuda_graph, threads=config.threads,
-            budget=None if deadline is None else deadline - time.perf_counter(),
+            budget=None if deadline is None else deadline - time.perf_counter(), optimizer=config.optimizer or AUTO_OPTIMIZER,
         )
         if announce:
             announce(choice.reason)
         config, ready = config.resolved(choice), choice.engine
         for item in plan:
             item.tile = _tile_for(spec, config, item.height, item.width) if config.cluster is None else config.tile
-    engines = _Engines(spec, config, ready)
+    engines = _Engines(spec, config, ready, plan)
     results: list[StylizeResult] = []
     try:
         for index, item in enumerate(plan):
             previous = results[-1] if results else None
             start: str | torch.Tensor = init if previous is None or previous.image is None else previous.image
+            engine = engines.at(item)  # built before the share is reckoned: set-up spends the budget, not one scale's part of it
             share = None if deadline is None else time.perf_counter() + (deadline - time.perf_counter()) * item.work / sum(later.work for later in plan[index:])
             content_at, styles_at = resize(source, (item.width, item.height)), [resize(image, item.style_side) for image in style_sources]
             results.append(
                 _stylize_with(
-                    engines.at(item), replace(config, iterations=item.iterations), spec, item, content_at, styles_at, blend, start, progress, share,
-                    on_evaluation,
+                    engine, replace(config, iterations=item.iterations), spec, item, content_at, styles_at, blend, start, progress, share,
+                    on_evaluation, last=index == len(plan) - 1,
                 )
             )
     finally:
@@ -400,7 +399,8 @@ def stylize_scales(
         losses=[loss for result in results for loss in result.losses],
         seconds=sum(result.seconds for result in results),
         engine={**last.engine, "scales": [result.iterations for result in results]},
-        saved=[result.output for result in results[:-1]] + [path for result in results for path in result.saved],
+        final_scale_losses=last.losses,
+        saved=[result.output for result in results[:-1] if result.image is not None] + [path for result in results for path in result.saved],
     )
 
 
@@ -418,10 +418,12 @@ def _style_side(spec: EngineSpec, config: StylizeConfig, item: _Scale) -> int:
 class _Engines:
     """The engines of a run's scales: one shared by every untiled scale, one per tile size, one per cluster scale."""
 
-    def __init__(self, spec: EngineSpec, config: StylizeConfig, ready: Engine | None) -> None:
+    def __init__(self, spec: EngineSpec, config: StylizeConfig, ready: Engine | None, plan: Sequence[_Scale]) -> None:
         self.spec, self.config = spec, config
         self.by_tile: dict[int, Any] = {} if ready is None else {0: ready}
         self.cluster: list[Any] = []
+        # The shared engine hears every size it will run (Winograd is chosen for the largest, TensorRT profiles span them).
+        self.untiled = [(item.height, item.width) for item in plan if not item.tile]
 
     def at(self, item: _Scale) -> Any:
         config, spec = self.config, self.spec
@@ -440,8 +442,8 @@ class _Engines:
         key = item.tile or 0
         if key not in self.by_tile:
             self.by_tile[key] = create_engine(
-                config.engine, spec, provider=config.provider or "cpu", threads=config.threads, sizes=sizes, precision=config.precision or "fp32",
-                tile=item.tile, cuda_graph=config.cuda_graph,
+                config.engine, spec, provider=config.provider or "cpu", threads=config.threads, sizes=sizes if key else self.untiled,
+                precision=config.precision or "fp32", tile=item.tile, cuda_graph=config.cuda_graph,
             )
         return self.by_tile[key]
 
@@ -454,11 +456,12 @@ class _Engines:
 def _stylize_with(
     engine: Any, config: StylizeConfig, spec: EngineSpec, item: _Scale, content_image: Image.Image, style_images: list[Image.Image],
     blend: list[float], init: str | torch.Tensor, progress: ProgressCallback | None, deadline: float | None, on_evaluation: OnEvaluation | None,
+    *, last: bool = True,
 ) -> StylizeResult:
     loss_weights = LossWeights((config.content_weight,) * len(spec.content_layers), (config.style_weight,) * len(spec.style_layers), config.tv_weight)
     engine.set_targets(engine.build_targets(to_tensor(content_image), [to_tensor(image) for image in style_images], blend, loss_weights))
     run = _Optimisation(engine, config, _start_image(init, content_image, config.seed), item.output, content_image, progress, deadline, on_evaluation)
-    run.optimise()
+    run.optimise(last=last)
     descent = run.descent
     assert isinstance(config.weights, ResolvedWeights)
     return StylizeResult(
@@ -471,7 +474,7 @@ def _stylize_with(
         timing_only=config.weights.weight_set.synthetic,
         final=descent.last_terms,
         saved=run.saved,
-        image=descent.best.detach().cpu().clone(),
+        image=descent.best.detach().cpu().clone() if descent.improved() else None,
         ended_by=descent.ended_by,
     )
 
@@ -560,8 +563,11 @@ class _Optimisation:
         if every and step % every == 0 and step < self.config.iterations:
             self.saved.append(self.finish(image, snapshot_path(self.output, step)))
 
-    def optimise(self) -> None:
-        """Run the optimiser's budget, then write the output; NaN and Ctrl-C write it only when it improved on the start."""
+    def optimise(self, *, last: bool = True) -> None:
+        """Run the optimiser's budget, then write the output; NaN and Ctrl-C write it only when it improved on the start.
+
+        A coarse scale (not ``last``) whose share of the budget ran out before it improved writes nothing and
+        passes its start on: the finer scales still have their time."""
         descent, output = self.descent, self.output
         started = time.perf_counter()
         try:
@@ -581,6 +587,8 @@ class _Optimisation:
             raise Interrupted(f"interrupted after {count} iteration(s), before any improvement; {output} was not written") from None
         self.seconds = time.perf_counter() - started
         if descent.ended_by == "time" and not descent.improved():
+            if not last:
+                return
             raise UsageError(
                 f"--max-time {self.config.max_time:g} ran out after {len(descent.losses)} evaluation(s), before any improvement on the "
                 f"start; {output} was not written (give more time: set-up alone took part of it)"
@@ -621,9 +629,9 @@ def parse_scales(text: str | Sequence[int | str]) -> list[tuple[int, int] | int]
 def default_scales(size: tuple[int, int] | int) -> list[tuple[int, int] | int]:
     """Coarse to fine (``coarse_to_fine``) from ``MULTI_SCALE_FROM`` px up; one scale below.
 
-    Measured with ``onnxstyle converge`` at 512 px (reports/quality-512-cpu.md): 128 → 256 → 512 reaches the
-    plain loop's final picture several times sooner than the same optimiser at 512 px from the start, since
-    the coarse scales, 16× and 4× cheaper per iteration, settle the layout before the expensive one refines it.
+    Measured with ``onnxstyle converge`` at 512 px (reports/quality-512-amd.md): 128 → 256 → 512 reached the
+    plain loop's final picture in 90 s against 242 s for the same L-BFGS at 512 px from the start, since the
+    coarse scales, 16× and 4× cheaper per iteration, settle the layout before the expensive one refines it.
     """
     side = max(size) if isinstance(size, tuple) else size
     return coarse_to_fine(size) if side >= MULTI_SCALE_FROM else [size]

@@ -33,13 +33,22 @@ def default_threads() -> int:
     return os.cpu_count() or 1
 
 
+def seconds_since_start() -> float:
+    """How long this process has run: a user's time budget starts when they pressed Enter, not after our imports."""
+    import time
+
+    import psutil
+
+    return max(0.0, time.time() - psutil.Process().create_time())
+
+
 def fingerprint() -> dict[str, object]:
     """OS, CPU, RAM, GPU, Python and package versions, and ORT's providers."""
     import psutil
     import torch
 
     from onnxstyle import __version__
-    from onnxstyle.providers import ort_info
+    from onnxstyle.ort_providers import ort_info
 
     try:
         import onnxruntime as ort
@@ -75,7 +84,7 @@ def fingerprint() -> dict[str, object]:
 def environment_warnings() -> list[str]:
     """What on this machine would make a GPU figure mean something else than its label says."""
     from onnxstyle.precision import tf32_override
-    from onnxstyle.providers import ort_conflict, ort_info
+    from onnxstyle.ort_providers import ort_conflict, ort_info
 
     warnings = [tf32_override(), ort_conflict(ort_info())]
     return [warning for warning in warnings if warning]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU acceptance run (issue 15), prepared to run unattended on a CUDA machine without network:
 #   env → providers --check → gradient parity (256, 1024 px) → bench A (fp32) → bench B (tf32/fp16/bf16)
-#   → bench C (CUDA graphs) → the GPU plugin EPs (TensorRT-RTX, WebGPU) where installed → one tarball of the reports.
+#   → bench C (CUDA graphs) → the GPU plugin EPs (TensorRT-RTX, WebGPU) where installed → what stylize --engine auto
+#   picks → one tarball of the reports.
 #
 # Usage: scripts/gpu-acceptance.sh [WHEEL_DIR] [OUT_DIR]
 #   WHEEL_DIR  onnxruntime-gpu to use instead of the machine's onnxruntime, installed into a target folder without
@@ -54,7 +55,7 @@ onnxstyle=("$python" -m onnxstyle)
 if [ "$dry" = 1 ]; then
     prefix=dryrun-cpu
     ort=cpu torch_runner=torch eager=eager graph=() vgg=nin
-    parity_sizes=64 sizes_a=64 sizes_b=64 sizes_c=64 models=nin precisions_b=fp16,bf16 runners_b=cpu,torch
+    parity_sizes=64 sizes_a=64 sizes_b=64 sizes_c=64 models=nin precisions_b=fp16,bf16 runners_b=cpu,torch auto_size=64
     # a CPU without AVX-512-BF16/AMX has no bf16 runner, and bench refuses a precision no selected runner can run
     "$python" -c 'import sys; from onnxstyle.precision import supported; sys.exit("bf16" not in supported("torch", "cpu")[0])' \
         2>>"$log" || precisions_b=fp16
@@ -68,7 +69,7 @@ else
         *) prefix=$(echo "$gpu" | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-') ;;
     esac
     ort=cuda torch_runner=torch-cuda eager=eager-cuda graph=(--cuda-graph) vgg=vgg19
-    parity_sizes=256,1024 sizes_a=256,512,1024 sizes_b=512,1024 sizes_c=256,1024 models=vgg19,nin precisions_b=tf32,fp16,bf16
+    parity_sizes=256,1024 sizes_a=256,512,1024 sizes_b=512,1024 sizes_c=256,1024 models=vgg19,nin precisions_b=tf32,fp16,bf16 auto_size=512
     runners_b=cuda,torch-cuda,eager-cuda
     timing=(--duration 2 --runs 3 --warmup 2)
 fi
@@ -136,6 +137,9 @@ print("not listed" if row is None else "usable" if row["usable"] else row["reaso
             --precision fp32 "${timing[@]}" --out "$out_dir" --name "$prefix-bench-$plugin"
     fi
 done
+# What --engine auto picks here: its one line (in the log) names every candidate it probed and its seconds per iteration.
+stage 5 "stylize --engine auto" - "${onnxstyle[@]}" stylize --demo --model "$vgg" --size "$auto_size" --max-time 20 \
+    -o "$out_dir/$prefix-auto-$auto_size.png"
 say "done in $((SECONDS - started)) s${failed[*]:+; failed: ${failed[*]}}"
 (cd "$out_dir" && tar -czf "$prefix-reports.tar.gz" --exclude='*.tar.gz' --exclude='*.lock' -- *)
 echo "$out_dir/$prefix-reports.tar.gz"

@@ -37,7 +37,8 @@ def cli(monkeypatch, capsys):
     import subprocess
     import sys
 
-    from onnxstyle import cli as module
+    from onnxstyle import cli as entry
+    from onnxstyle import console as module
 
     def run(*args, cwd=None):
         if cwd is not None:
@@ -46,11 +47,11 @@ def cli(monkeypatch, capsys):
         capsys.readouterr()
         # Consoles chosen now, for the captured streams, as the console script chooses them for a pipe: whether pytest
         # was started on a terminal (or under `script`) cannot change a line the tests read.
-        monkeypatch.setattr(module, "out", module._console(stderr=False))
-        monkeypatch.setattr(module, "err", module._console(stderr=True))
+        monkeypatch.setattr(module, "out", module.make_console(stderr=False))
+        monkeypatch.setattr(module, "err", module.make_console(stderr=True))
         code = 0
         try:
-            module.main()
+            entry.main()
         except SystemExit as exit:
             code = exit.code if isinstance(exit.code, int) else 1
         out, err = capsys.readouterr()

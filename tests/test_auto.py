@@ -142,10 +142,34 @@ def test_each_reduced_precision_auto_may_choose_reached_fp32_quality_in_its_repo
 
 
 def test_auto_s_optimiser_reached_the_plain_loops_picture_soonest_in_the_reference():
-    from onnxstyle.report.quality import QualityReport, speedup_to_eager_final
+    from onnxstyle.report.converge import QualityReport, speedup_to_eager_final
 
-    for name in ("quality-512-cpu",):
+    for name in ("quality-512-cpu", "quality-512-amd"):
         report = QualityReport.from_json(json.loads((REPORTS / f"{name}.json").read_text()))
         for size in report.sizes():
             timed = [(found[0], run.config) for run in report.runs if run.size == size and (found := speedup_to_eager_final(report, run))]
             assert timed and f" {auto.AUTO_OPTIMIZER}" in min(timed)[1], f"{name} at {size} px"
+
+
+def test_coarse_to_fine_the_default_from_512_px_beat_one_scale_in_the_reference():
+    from onnxstyle.defaults import MULTI_SCALE_FROM
+    from onnxstyle.report.converge import QualityReport, speedup_to_eager_final
+
+    report = QualityReport.from_json(json.loads((REPORTS / "quality-512-amd.json").read_text()))
+    assert MULTI_SCALE_FROM <= min(report.sizes())
+    runs = {run.config: run for run in report.runs}
+    one_scale, coarse_to_fine = runs["ort-cpu fp32 lbfgs"], runs["ort-cpu fp32 lbfgs c2f"]
+    assert coarse_to_fine.final < one_scale.final
+    assert speedup_to_eager_final(report, coarse_to_fine)[0] < speedup_to_eager_final(report, one_scale)[0]
+
+
+def test_a_cached_figure_that_is_not_a_duration_is_measured_again(machine, spec):
+    from onnxstyle.sysinfo import default_threads
+
+    key = auto.entry_key(auto.machine(), spec, 256, default_threads())
+    auto.cache_path().parent.mkdir(parents=True)
+    damaged = {"ort-cpu fp32": float("nan"), "torch-cpu fp32": -1.0, "torch-cpu bf16": True}
+    auto.cache_path().write_text(json.dumps({"schema": auto.CACHE_SCHEMA, "entries": {key: {"seconds": damaged}}}))
+    choice = auto.choose(spec, 256)
+    assert sorted(label for label, _ in machine) == ["ort-cpu fp32", "torch-cpu bf16", "torch-cpu fp32"]
+    assert choice.candidate.label == "torch-cpu bf16"

@@ -106,3 +106,18 @@ def test_no_arguments_shows_the_help(cli):
 def test_stylize_max_time_is_checked_before_any_work(cli):
     result = cli("stylize", "--demo", "--max-time", "-5")
     assert result.returncode == 2 and "--max-time must be a finite number above 0" in result.stderr
+
+
+@pytest.mark.parametrize(("flags", "expected"), [([], 100), (["--max-time", "30"], 10**9), (["--max-time", "30", "--iterations", "7"], 7)])
+def test_the_demo_s_iterations_give_way_to_a_time_budget(cli, monkeypatch, tmp_path, flags, expected):
+    from onnxstyle import stylize as module
+
+    seen = {}
+
+    def fake(*args, config, iterations, **kwargs):
+        seen["iterations"] = iterations
+        raise SystemExit(0)
+
+    monkeypatch.setattr(module, "stylize_scales", fake)
+    assert cli("stylize", "--demo", "-o", tmp_path / "out.png", *flags).returncode == 0
+    assert seen["iterations"] == expected

@@ -126,7 +126,7 @@ def test_parity_skips_what_a_runner_cannot_run_and_names_the_interruption(cli, t
 @pytest.fixture
 def interrupted_bench(monkeypatch):
     """The bench's first group is interrupted by ``cause``, through the CLI's own SIGTERM handler when it is SIGTERM."""
-    from onnxstyle import cli as cli_module
+    from onnxstyle import console
     from onnxstyle.bench import run as bench
 
     monkeypatch.setattr(bench, "measure_roofs", lambda *args: {})
@@ -134,7 +134,7 @@ def interrupted_bench(monkeypatch):
     def interrupt_with(cause):
         def group(*args, **kwargs):
             if cause == "SIGTERM":
-                cli_module._interrupt(signal.SIGTERM, None)
+                console.on_sigterm(signal.SIGTERM, None)
             raise KeyboardInterrupt
 
         monkeypatch.setattr(bench, "run_group", group)

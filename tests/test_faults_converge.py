@@ -11,10 +11,10 @@ import psutil
 import pytest
 import torch
 
-from onnxstyle import quality
+import onnxstyle.converge as quality
 from onnxstyle.bench import run as bench_run
 from onnxstyle.errors import OnnxstyleError, UsageError, WorkerError
-from onnxstyle.quality import converge, parse_configs
+from onnxstyle.converge import converge, parse_configs
 
 FAST = ["--weights", "synthetic", "--configs", "torch:fp32:adam", "--sizes", "32", "--seconds", "1"]
 

@@ -9,7 +9,7 @@ import pytest
 from onnxstyle.errors import OutputError, ReportError, UsageError
 from onnxstyle.report import ReportWriter, check_stem, load_report
 from onnxstyle.report.checks import MAX_BYTES, MAX_ITEMS
-from onnxstyle.report.quality import QualityReport, QualityRun, band_times, interrupted_line, to_markdown
+from onnxstyle.report.converge import QualityReport, QualityRun, band_times, interrupted_line, to_markdown
 from test_report import sample_report
 
 
@@ -180,8 +180,11 @@ def test_huge_files_and_reports_are_refused_naming_the_limit(cli, tmp_path):
 
 
 def test_a_file_of_another_kind_is_not_a_report(cli, tmp_path):
-    (tmp_path / "other.json").write_text('{"kind": "cluster-scale"}')
-    refused(cli("report", "show", tmp_path / "other.json"), 10, 'is not an onnxstyle report (no "schema": "onnxstyle.bench" or "onnxstyle.quality")')
+    (tmp_path / "other.json").write_text('{"kind": "weather"}')
+    refused(cli("report", "show", tmp_path / "other.json"), 10, 'is not an onnxstyle report (no "schema": "onnxstyle.bench" or "onnxstyle.quality" or "onnxstyle.parity" or "onnxstyle.scale")')
+    # a kind an older cluster-scale wrote is read by its own reader, which finds it empty
+    (tmp_path / "scale.json").write_text('{"kind": "cluster-scale"}')
+    refused(cli("report", "show", tmp_path / "scale.json"), 10, "is damaged")
 
 
 # ---------------------------------------------------------------- hostile strings

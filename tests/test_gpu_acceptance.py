@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -24,12 +25,15 @@ def test_dry_run_runs_every_stage_and_packs_the_reports(tmp_path):
     result = _run("", str(out), env={"DRY_RUN": "1", "ACCEPTANCE_SECONDS": "240"})
     assert result.returncode == 0, result.stdout + (out / "acceptance.log").read_text()
     stages = [line.split("] ", 1)[1].split(":")[0] for line in result.stdout.splitlines() if ": exit " in line]
-    assert stages == ["env", "providers --check", "gradient parity", "bench A (fp32)", "bench B (tf32, fp16, bf16)", "bench C (CUDA graphs)"]
+    assert stages == [
+        "env", "providers --check", "gradient parity", "bench A (fp32)", "bench B (tf32, fp16, bf16)", "bench C (CUDA graphs)", "stylize --engine auto",
+    ]
     with tarfile.open(out / "dryrun-cpu-reports.tar.gz") as archive:
         names = set(archive.getnames())
     for stem in ("env.json", "providers-check.json", "parity.json", "bench-fp32.json", "bench-precision.json", "bench-cuda-graph.json"):
         assert f"dryrun-cpu-{stem}" in names
-    assert "acceptance.log" in names and "dryrun-cpu-cuda-graph-vs-plain.txt" in names
+    assert "acceptance.log" in names and "dryrun-cpu-cuda-graph-vs-plain.txt" in names and "dryrun-cpu-auto-64.png" in names
+    assert re.search(r"auto: \S+ \w+ lbfgs — ", (out / "acceptance.log").read_text())
     checks = {check["runner"]: check for check in json.loads((out / "dryrun-cpu-providers-check.json").read_text())}
     assert checks["ort-cpu"]["ok"]
     parity = json.loads((out / "dryrun-cpu-parity.json").read_text())

@@ -15,7 +15,7 @@ from onnxstyle.backbones import get_backbone
 from onnxstyle.engines import EngineSpec
 from onnxstyle.engines.onnxruntime_engine import OnnxRuntimeEngine, session_config
 from onnxstyle.losses import LossWeights
-from onnxstyle.providers import ProviderConfig
+from onnxstyle.ort_providers import ProviderConfig
 from onnxstyle.weights import resolve
 
 
@@ -196,7 +196,7 @@ def test_gpu_memory_comes_from_nvml_for_this_process_and_the_table_says_which(mo
 
 
 def test_the_probe_runs_a_conv_and_a_matmul_and_names_missing_libraries(monkeypatch):
-    from onnxstyle import providers
+    from onnxstyle import ort_providers as providers
 
     status = providers.probe_provider("CPUExecutionProvider")
     assert status.usable and "Conv and a MatMul" in status.reason
@@ -218,7 +218,7 @@ def test_the_probe_runs_a_conv_and_a_matmul_and_names_missing_libraries(monkeypa
 
 
 def test_preflight_names_the_library_the_cuda_provider_lacks(monkeypatch):
-    from onnxstyle import providers
+    from onnxstyle import ort_providers as providers
 
     if torch.cuda.is_available() or providers.provider_library("CUDAExecutionProvider") is None:
         pytest.skip("needs onnxruntime-gpu on a machine without CUDA libraries")
@@ -228,7 +228,7 @@ def test_preflight_names_the_library_the_cuda_provider_lacks(monkeypatch):
 
 
 def test_ort_build_is_read_from_the_build_and_two_wheels_are_a_warning():
-    from onnxstyle.providers import ort_conflict, ort_info
+    from onnxstyle.ort_providers import ort_conflict, ort_info
 
     info = ort_info()
     assert info["file"] and info["device"] in ("CPU", "GPU") and info["package"].startswith("onnxruntime")
@@ -238,7 +238,7 @@ def test_ort_build_is_read_from_the_build_and_two_wheels_are_a_warning():
 
 
 def test_placement_problems_name_fallbacks_copies_and_unfolded_shapes(tmp_path):
-    from onnxstyle.provider_check import placement_problems, read_placement
+    from onnxstyle.provider_audit import placement_problems, read_placement
 
     events = [
         {"cat": "Session", "name": "model_run"},

@@ -41,11 +41,13 @@ def clock(monkeypatch):
     from onnxstyle import stylize as module
 
     fake = Clock()
+    fake.setup_seconds = 0.0
     monkeypatch.setattr(module, "time", SimpleNamespace(perf_counter=fake.perf_counter))
     real = module.create_engine
     engines = []
 
     def create(*args, **kwargs):
+        fake.now += fake.setup_seconds
         engines.append(Ticking(real(*args, **kwargs), fake))
         return engines[-1]
 
@@ -99,6 +101,31 @@ def test_scales_share_the_budget_by_their_work(clock, tmp_path):
     # evaluation that would end past its share)
     assert first + second == engine.calls == 30 and second > first
     assert max(Image.open(output).size) == 128
+    # the written image's loss is the finest scale's own: a coarse scale's losses are of another problem
+    assert result.best_loss == min(result.losses[-second:]) and result.written_losses == result.losses[-second:]
+
+
+def test_engine_set_up_spends_the_budget_not_the_first_scales_share(clock, tmp_path):
+    clock.setup_seconds = 10.0
+    result = stylize_scales(
+        DEMO_CONTENT, [DEMO_STYLE], tmp_path / "out.png", scales=[64, 128],
+        iterations=TIME_BOUND_ITERATIONS, optimizer="adam", deadline=clock.now + 40.5, **FAST,
+    )
+    # 30.5 s left once the engine is built, shared as above: the 64-px scale's fifth is not eaten by the set-up
+    assert result.engine["scales"][0] >= 5
+
+
+def test_a_coarse_scale_whose_share_ends_before_it_improved_passes_its_start_on(clock, tmp_path):
+    output = tmp_path / "out.png"
+    result = stylize_scales(
+        DEMO_CONTENT, [DEMO_STYLE], output, scales=[64, 128],
+        iterations=TIME_BOUND_ITERATIONS, optimizer="adam", deadline=clock.now + 2.5, **FAST,
+    )
+    # the 64-px scale's third (0.83 s) allows one evaluation, which cannot improve on itself: nothing written for it,
+    # and the finest scale still gets the rest of the budget and writes the output
+    assert result.engine["scales"] == [1, 2]
+    assert output.exists() and not (tmp_path / "out.scale64.png").exists()
+    assert result.saved == []
 
 
 def test_a_scale_too_small_for_the_layers_is_one_line(tmp_path):

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from onnxstyle import plugin_eps, providers
+from onnxstyle import ort_providers as providers
+from onnxstyle import plugin_eps
 from onnxstyle.errors import ProviderError, UsageError
 from onnxstyle.plugin_eps import KNOWN, PluginTarget, load_config, parse_library, parse_target, select_device
-from onnxstyle.providers import ProviderConfig, canonical, session_options, short_name
+from onnxstyle.ort_providers import ProviderConfig, canonical, session_options, short_name
 from onnxstyle.runners import parse_runner
 
 OPENVINO = KNOWN["openvino"]
@@ -279,7 +280,7 @@ def test_real_openvino_runs_the_probe_on_its_own_device():
 @needs_openvino_device
 def test_real_openvino_fp32_gradient_matches_the_cpu_provider():
     """The loss+gradient graph on OpenVINO's CPU with f32 told: the export's fp32 parity, not bf16's."""
-    from onnxstyle.provider_check import check_ort_provider, check_problem
+    from onnxstyle.provider_audit import check_ort_provider, check_problem
 
     check = check_ort_provider(providers.probe_provider(canonical("openvino")), check_problem(threads=1), threads=1)
     assert check.usable, check.reason

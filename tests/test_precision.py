@@ -121,7 +121,7 @@ def test_ort_fp16_overflow_is_one_clear_error_not_nan():
 
 def test_winograd_is_chosen_for_fp32_cpu_graphs_only():
     from onnxstyle.engines.onnxruntime_engine import OnnxRuntimeEngine
-    from onnxstyle.providers import ProviderConfig
+    from onnxstyle.ort_providers import ProviderConfig
 
     vgg = get_backbone("vgg19")
     spec = EngineSpec.defaults(vgg, resolve("synthetic", vgg))

@@ -6,7 +6,7 @@ from onnxstyle.backbones import get_backbone
 from onnxstyle.engines import EngineSpec, create_engine
 from onnxstyle.engines.onnxruntime_engine import tensorrt_profile
 from onnxstyle.errors import ProviderError, UsageError
-from onnxstyle.providers import (
+from onnxstyle.ort_providers import (
     ProviderConfig,
     ShapeProfile,
     canonical,
@@ -190,7 +190,7 @@ def test_unusable_providers_fail_in_one_line():
 
 
 def test_cpu_session_reports_its_provider():
-    from onnxstyle.providers import probe_model
+    from onnxstyle.ort_providers import probe_model
 
     session = create_session(probe_model(), ProviderConfig("CPUExecutionProvider"))
     assert session.get_providers() == ["CPUExecutionProvider"]
@@ -228,7 +228,7 @@ def _kinds(engine: object) -> set[str]:
 def test_which_sessions_get_fixed_shapes():
     """CPU: one dynamic session per graph; CUDA and the rest: one per size; TensorRT: its profile for the loss graph."""
     from onnxstyle.engines.onnxruntime_engine import OnnxRuntimeEngine
-    from onnxstyle.providers import DYNAMIC_SHAPE_PROVIDERS
+    from onnxstyle.ort_providers import DYNAMIC_SHAPE_PROVIDERS
 
     def fixed(provider: str, kind: str) -> bool:
         engine = OnnxRuntimeEngine.__new__(OnnxRuntimeEngine)

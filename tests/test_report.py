@@ -221,3 +221,29 @@ def test_bench_end_to_end_writes_four_reports(tmp_path):
     assert verdict["line"].startswith("trusted: all 4 measured cells" if verdict["trusted"] else "NOT TRUSTED:")
     assert "× eager" in result.stdout or "×eager" in result.stdout
     assert isinstance(report, Report) and report.system["python"]
+
+
+def test_report_show_reads_parity_and_cluster_scale_reports_by_their_schema(cli, tmp_path):
+    from pathlib import Path
+
+    from onnxstyle.report.parity import ParityRow, parity_files
+
+    rows = [
+        ParityRow("vgg19", 256, 256, "ort-cpu", "fp32", loss_error=2e-7, grad_error=3e-6, seconds=4.0),
+        ParityRow("vgg19", 256, 256, "ort-cuda", "fp32", status="skipped", error="not usable here"),
+    ]
+    (tmp_path / "p.json").write_text(parity_files(rows, {"cpu": "test CPU"})["json"])
+    shown = cli("report", "show", tmp_path / "p.json")
+    assert shown.returncode == 0, shown.stderr
+    assert "| vgg19 | 256x256 | ort-cpu | fp32 | 3.0e-06 | 2.0e-07 | 4.0 |" in shown.stdout and "skipped: not usable here" in shown.stdout
+    committed = Path(__file__).resolve().parents[1] / "reports" / "cluster-scale.json"  # written before reports named a schema
+    scale = cli("report", "show", committed)
+    assert scale.returncode == 0, scale.stderr
+    assert scale.stdout.startswith("# Tiled stylization over N nodes: 7680×4320") and "| 64 |" in scale.stdout
+    damaged = json.loads(parity_files(rows, {})["json"])
+    damaged["rows"][0]["grad_error"] = "tiny"
+    (tmp_path / "bad.json").write_text(json.dumps(damaged))
+    refused = cli("report", "show", tmp_path / "bad.json")
+    assert refused.returncode == 10 and "is damaged: row 1 has grad_error = 'tiny', not a number" in refused.stderr
+    (tmp_path / "odd.json").write_text(json.dumps({"kind": "something-else"}))
+    assert cli("report", "show", tmp_path / "odd.json").returncode == 10

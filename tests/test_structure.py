@@ -17,12 +17,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "onnxstyle"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "text", "defaults"),
     ("files", "backbones", "losses", "images", "weights", "interference", "workers", "bench.records"),
-    ("plugin_eps", "providers", "precision", "runners", "sysinfo", "memory"),
+    ("plugin_eps", "ort_providers", "precision", "runners", "sysinfo", "memory"),
     ("exporters", "tiling", "optimizers"),
     ("engines",),
     ("bench", "report", "gradient_checks"),
     ("cluster",),
-    ("auto", "parity", "quality", "profiling", "provider_check", "stylize"),
+    ("auto", "converge", "parity", "profiling", "provider_audit", "stylize"),
+    ("commands", "console"),
     ("cli", "__main__"),
 )
 

@@ -9,7 +9,7 @@ import torch
 from onnxstyle import weights as weights_module
 from onnxstyle.backbones import BACKBONES, Backbone, get_backbone
 from onnxstyle.errors import WeightsError, WeightsNotFoundError
-from onnxstyle.report.quality import QualityReport
+from onnxstyle.report.converge import QualityReport
 from onnxstyle.weights import (
     CAFFE_BGR,
     CATALOGUE,

@@ -22,7 +22,7 @@ from onnxstyle.cluster import NodeInfo, is_lost, require_ray
 from onnxstyle.engines.base import EngineSpec
 from onnxstyle.engines.tiled import TiledEngine, TileGradient, TileStatistics
 from onnxstyle.errors import UsageError, WorkerError
-from onnxstyle.providers import CUDA_TARGETS
+from onnxstyle.ort_providers import CUDA_TARGETS
 from onnxstyle.tiling import Tile, content_crops, layer_strides
 
 

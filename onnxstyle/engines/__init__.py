@@ -1,4 +1,7 @@
-"""Engines by name (timm-style registry): ``create_engine("onnxruntime", spec, provider="cuda", ...)``.
+"""Engines: what computes the exact loss and its gradient, by name (timm-style registry), for a runner to drive.
+
+``create_engine("onnxruntime", spec, provider="cuda", ...)``. A runner (``runners``) is an engine on a provider
+or device; a provider (``ort_providers``) is where ONNX Runtime runs it.
 
 An engine computes the exact loss and its gradient with respect to the pixels; the optimiser is always
 torch's, outside it. Each factory imports its runtime only when called, so naming an engine costs nothing.
@@ -90,7 +93,7 @@ def _onnxruntime(
 ) -> Engine:
     from onnxstyle.engines.onnxruntime_engine import OnnxRuntimeEngine
     from onnxstyle.precision import require
-    from onnxstyle.providers import ProviderConfig, canonical, short_name
+    from onnxstyle.ort_providers import ProviderConfig, canonical, short_name
     from onnxstyle.sysinfo import default_threads
 
     config = ProviderConfig(canonical(provider), threads=threads or default_threads(), precision=precision, cuda_graph=cuda_graph)

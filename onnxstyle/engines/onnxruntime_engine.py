@@ -36,7 +36,7 @@ from onnxstyle.exporters.models import (
 )
 from onnxstyle.losses import LossTerms
 from onnxstyle.precision import FP16_LOSS_SCALE
-from onnxstyle.providers import (
+from onnxstyle.ort_providers import (
     CUDA_PROVIDERS,
     DYNAMIC_SHAPE_PROVIDERS,
     ProviderConfig,

@@ -1,11 +1,14 @@
-"""Bench reports: a versioned JSON schema, tables in the 2016 study's shape, CSV/Markdown/PNG, comparisons.
+"""Every report a command writes — bench, converge, parity, cluster-scale — as data, JSON, tables and files.
 
+A bench report has a versioned JSON schema, tables in the 2016 study's shape, CSV/Markdown/PNG and comparisons.
 The JSON is the source of truth (raw per-iteration times, windows, statistics, options, system
 fingerprint); every other format, and ``onnxstyle report show``, is rendered from it, so a report
 from another machine re-renders and compares exactly like a fresh one. Nothing here imports torch or
 ONNX Runtime: reading a report is instant and works on a machine without them.
 
 - ``checks``: reading a report file as untrusted input (size limits, printable text, typed checks of every figure).
+- ``converge``, ``parity``, ``scale``: the other kinds' results models, readers and files; ``loading`` reads any
+  kind by the schema it names.
 - ``schema``: the report, its JSON, loading, and the trust verdict it carries.
 - ``metrics``: figures derived per cell (×eager, ×fp32, the 2016 figure, CPUs used) and their text.
 - ``table`` and ``views``: one plain table model, and the bench's tables and header lines in it.

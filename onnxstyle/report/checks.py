@@ -13,14 +13,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from onnxstyle.errors import ReportError
 from onnxstyle.text import printable
 
 MAX_BYTES = 64 * 2**20  # the largest committed report is 0.2 MB; parsed JSON takes ~10x its size in memory
 MAX_ITEMS = 10_000  # cells or runs: a table beyond this is not a report anyone reads
+T = TypeVar("T")
 
 
 class Problem(ValueError):
@@ -64,14 +67,19 @@ def _printable(value: Any) -> Any:
     return value
 
 
-def check_kind(data: Any, where: str, schema: str, version: int, noun: str, items: str) -> list[Any]:
-    """The report's ``items`` list, once its schema, version and size are ones this onnxstyle reads."""
+def check_schema(data: Any, where: str, schema: str, version: int, noun: str) -> dict[str, Any]:
+    """``data``, once it names ``schema`` at a version this onnxstyle reads."""
     if not isinstance(data, dict) or data.get("schema") != schema:
         raise ReportError(f"{where} is not an onnxstyle {noun} report (no \"schema\": \"{schema}\")")
     found = data.get("schema_version")
     if not is_int(found) or found > version:
         raise ReportError(f"{where} has schema version {found!r}; this onnxstyle reads up to {version}")
-    listed = data.get(items)
+    return data
+
+
+def check_kind(data: Any, where: str, schema: str, version: int, noun: str, items: str) -> list[Any]:
+    """The report's ``items`` list, once its schema, version and size are ones this onnxstyle reads."""
+    listed = check_schema(data, where, schema, version, noun).get(items)
     if not isinstance(listed, list):
         raise ReportError(f"{where} is damaged: it has no list of {items}")
     if len(listed) > MAX_ITEMS:
@@ -154,3 +162,42 @@ _TYPE_WORDS = {dict: "an object", list: "a list", str: "a string", bool: "true o
 def _shown(value: Any) -> str:
     text = json.dumps(value, allow_nan=True) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 40 else text[:37] + "…"
+
+
+def build(cls: type[T], raw: Any, owner: str) -> T:
+    """A dataclass from its JSON object, every field checked against its annotation (numbers finite, whole where
+    ``int``, nested dataclasses and lists of them in turn): one reader for every results model."""
+    if not isinstance(raw, dict):
+        raise Problem(f"{owner} is not an object")
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for item in fields(cls):  # type: ignore[arg-type]
+        if item.name not in raw:
+            if item.default is MISSING and item.default_factory is MISSING:
+                raise Problem(f"{owner} has no {item.name}")
+            continue
+        values[item.name] = _typed(hints[item.name], raw[item.name], owner, item.name)
+    return cls(**values)
+
+
+def _typed(hint: Any, value: Any, owner: str, name: str) -> Any:
+    if get_origin(hint) in (Union, UnionType):
+        options = [option for option in get_args(hint) if option is not type(None)]
+        if value is None and len(options) < len(get_args(hint)):
+            return None
+        hint = options[0]
+    if is_dataclass(hint):
+        return build(hint, value, f"{owner}'s {name}")  # type: ignore[arg-type]
+    if get_origin(hint) is list:
+        kind(owner, name, value, list)
+        return [_typed(get_args(hint)[0], item, owner, f"{name}[{index}]") for index, item in enumerate(value)]
+    if get_origin(hint) is dict or hint is dict:
+        return mapping(owner, name, value)
+    if hint is int:
+        figure(owner, name, value, whole=True, signed=True)
+    elif hint is float:
+        figure(owner, name, value, signed=True)
+        return float(value)
+    else:
+        kind(owner, name, value, hint)
+    return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 
 from onnxstyle.bench.records import Cell, window_rate
-from onnxstyle.providers import CPU_TARGETS
+from onnxstyle.ort_providers import CPU_TARGETS
 from onnxstyle.report.schema import STUDY_2016, Report
 
 

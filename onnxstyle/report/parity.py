@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+from onnxstyle.report.checks import Problem, build, check_kind, damaged, mapping
 from onnxstyle.report.formats import FileContent
+
+SCHEMA = "onnxstyle.parity"
+SCHEMA_VERSION = 1
+LEGACY_KIND = "gradient-parity"  # what reports said before they named a schema
 
 
 @dataclass
@@ -31,6 +37,35 @@ class ParityRow:
         return self.error
 
 
+@dataclass
+class ParityReport:
+    """A parity run as saved: its rows and the machine they were measured on."""
+
+    rows: list[ParityRow]
+    system: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "") -> ParityReport:
+        """The report in ``data``, every row checked; a damaged one is refused naming its first problem."""
+        where = source or "report"
+        raw_rows = check_kind(legacy_schema(data, LEGACY_KIND, SCHEMA), where, SCHEMA, SCHEMA_VERSION, "parity", "rows")
+        try:
+            system = mapping("the report", "system", data.get("system") or {})
+            return cls([build(ParityRow, raw, f"row {index}") for index, raw in enumerate(raw_rows, 1)], system)
+        except Problem as problem:
+            raise damaged(where, problem) from None
+
+    def to_markdown(self) -> str:
+        return parity_markdown(self.rows, self.system)
+
+
+def legacy_schema(data: Any, kind: str, schema: str) -> Any:
+    """A report written before reports named their schema carried only its ``kind``: read it as schema version 1."""
+    if isinstance(data, dict) and "schema" not in data and data.get("kind") == kind:
+        return {**data, "schema": schema, "schema_version": 1}
+    return data
+
+
 def parity_markdown(rows: list[ParityRow], system: dict[str, object]) -> str:
     lines = [
         "# Gradient parity against torch autograd (CPU, fp32)",
@@ -51,7 +86,10 @@ def parity_markdown(rows: list[ParityRow], system: dict[str, object]) -> str:
 
 
 def parity_files(rows: list[ParityRow], system: dict[str, object]) -> dict[str, FileContent]:
-    document = {"kind": "gradient-parity", "reference": "torch autograd, cpu, fp32", "system": system, "rows": [asdict(row) for row in rows]}
+    document = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "kind": LEGACY_KIND, "reference": "torch autograd, cpu, fp32", "system": system,
+        "rows": [asdict(row) for row in rows],
+    }
     return {"json": json.dumps(document, indent=1) + "\n", "md": parity_markdown(rows, system)}
 
 

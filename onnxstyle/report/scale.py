@@ -9,7 +9,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from onnxstyle.report.checks import Problem, build, check_schema, damaged
 from onnxstyle.report.formats import FileContent
+from onnxstyle.report.parity import legacy_schema
+
+SCHEMA = "onnxstyle.scale"
+SCHEMA_VERSION = 1
+LEGACY_KIND = "cluster-scale"
 
 @dataclass(frozen=True)
 class TileTraffic:
@@ -129,8 +135,31 @@ def scale_markdown(table: ScaleTable, overhead: Overhead | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass
+class ScaleReport:
+    """A cluster-scale run as saved: the speed-up table and, when it was measured, Ray's overhead."""
+
+    table: ScaleTable
+    overhead: Overhead | None = None
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "") -> ScaleReport:
+        where = source or "report"
+        check_schema(legacy_schema(data, LEGACY_KIND, SCHEMA), where, SCHEMA, SCHEMA_VERSION, "cluster-scale")
+        try:
+            return build(cls, {"table": data.get("scale"), "overhead": data.get("overhead")}, "the report")
+        except Problem as problem:
+            raise damaged(where, problem) from None
+
+    def to_markdown(self) -> str:
+        return scale_markdown(self.table, self.overhead)
+
+
 def as_json(table: ScaleTable, overhead: Overhead | None) -> dict[str, Any]:
-    return {"kind": "cluster-scale", "scale": asdict(table), "overhead": asdict(overhead) if overhead is not None else None}
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "kind": LEGACY_KIND, "scale": asdict(table),
+        "overhead": asdict(overhead) if overhead is not None else None,
+    }
 
 
 def scale_files(table: ScaleTable, overhead: Overhead | None) -> dict[str, FileContent]:

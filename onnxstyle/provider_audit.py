@@ -33,7 +33,7 @@ from onnxstyle.gradient_checks import (
 )
 from onnxstyle.plugin_eps import ep_name_of
 from onnxstyle.precision import PROVIDER_PARITY_TOLERANCE, TF32_ERROR_FLOOR, set_tf32, tf32_override
-from onnxstyle.providers import (
+from onnxstyle.ort_providers import (
     DYNAMIC_SHAPE_PROVIDERS,
     ProviderConfig,
     ProviderStatus,

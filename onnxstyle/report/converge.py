@@ -41,6 +41,7 @@ class QualityRun:
     yardstick: list[float] = field(default_factory=list)
     to_band: dict[str, float | None] = field(default_factory=dict)  # "5%" → seconds, or None when never reached
     note: str = ""  # what the run said of itself: auto's choice, a budget that ended before an improvement
+    image: str = ""  # where converge --images wrote its final picture
 
     @property
     def final(self) -> float | None:
@@ -118,6 +119,7 @@ def _run(raw: Any, index: int) -> QualityRun:
     kind(owner, "status", raw.get("status", "ok"), str)
     kind(owner, "reason", raw.get("reason", ""), str)
     kind(owner, "note", raw.get("note", ""), str)
+    kind(owner, "image", raw.get("image", ""), str)
     for name in ("setup_seconds", "seconds"):
         figure(owner, name, raw.get(name), optional=True)
     figure(owner, "evaluations", raw.get("evaluations"), optional=True, whole=True)

@@ -3,9 +3,9 @@
 import pytest
 
 from onnxstyle.errors import OnnxstyleError, UsageError
-from onnxstyle.quality import QualityConfig, converge, parse_configs
+from onnxstyle.converge import QualityConfig, converge, parse_configs
 from onnxstyle.report import ReportWriter
-from onnxstyle.report.quality import (
+from onnxstyle.report.converge import (
     QualityReport,
     QualityRun,
     band_times,
@@ -97,7 +97,8 @@ def test_coarse_to_fine_auto_and_own_budgets_parse_and_print_back():
 
 
 def test_the_default_set_leaves_out_plugin_eps_that_are_not_installed(monkeypatch):
-    from onnxstyle import plugin_eps, quality
+    import onnxstyle.converge as quality
+    from onnxstyle import plugin_eps
 
     monkeypatch.setattr(plugin_eps, "installed_version", lambda ep: "1.8.1" if ep.key == "openvino" else None)
     with_openvino = {config.spec for config in quality.default_configs()}
@@ -107,7 +108,7 @@ def test_the_default_set_leaves_out_plugin_eps_that_are_not_installed(monkeypatc
 
 
 def test_the_fastest_configuration_and_what_a_budgeted_run_is_worth_in_the_plain_loops_time():
-    from onnxstyle.report.quality import eager_time_to, fastest_lines, to_markdown
+    from onnxstyle.report.converge import eager_time_to, fastest_lines, to_markdown
 
     eager = QualityRun("eager-cpu fp32 adam", 512, seconds=420.0, evaluations=100, times=[0, 100, 300, 420], yardstick=[100.0, 40.0, 20.0, 15.0])
     c2f = QualityRun("ort-cpu fp32 lbfgs c2f", 512, seconds=420.0, evaluations=300, times=[0, 20, 60, 420], yardstick=[100.0, 15.0, 10.4, 10.0])

@@ -31,15 +31,16 @@ from onnxstyle.defaults import LEARNING_RATE
 from onnxstyle.engines import EngineSpec, create_engine
 from onnxstyle.engines.eager import EagerLoop
 from onnxstyle.engines.torch_engine import TorchEngine
-from onnxstyle.errors import NumericalError, OnnxstyleError, UsageError, WorkerError, first_line, interruption
-from onnxstyle.images import demo_content, demo_pair, demo_style
+from onnxstyle.errors import NumericalError, OnnxstyleError, OutputError, UsageError, WorkerError, first_line, interruption
+from onnxstyle.images import demo_content, demo_pair, demo_style, save_image, to_image, written_by
 from onnxstyle.losses import objective
 from onnxstyle.memory import free_bytes
 from onnxstyle.optimizers import OPTIMIZERS
-from onnxstyle.report.quality import QualityReport, QualityRun, band_times
+from onnxstyle.report.formats import check_directory
+from onnxstyle.report.converge import QualityReport, QualityRun, band_times
 from onnxstyle.runners import Runner, parse_runner, precision_support, runner_status, select_runners
 from onnxstyle.stylize import TIME_BOUND_ITERATIONS, StylizeConfig, coarse_to_fine, default_scales, random_start, stylize_scales
-from onnxstyle.sysinfo import default_threads, fingerprint
+from onnxstyle.sysinfo import default_threads, fingerprint, seconds_since_start
 from onnxstyle.text import printable
 from onnxstyle.tiling import tile_for
 from onnxstyle.weights import resolve
@@ -47,11 +48,11 @@ from onnxstyle.weights import resolve
 SNAPSHOTS = 40  # per run, evenly spread over its wall time
 MAX_SECONDS = 86_400.0  # per configuration: a day, far past any useful run (1e12 s overflowed the worker's deadline)
 VGG19 = get_backbone("vgg19")  # the one backbone with real weights that install with pip
-# The plain eager loop (the anchor), each engine in fp32 with L-BFGS and with our Adam, L-BFGS coarse to fine, the
+# The plain eager loop (the anchor), plain Adam and ours on ONNX Runtime, each engine in fp32 with L-BFGS, L-BFGS coarse to fine, the
 # reduced precisions and plugin EPs where they run, and auto: what `stylize --max-time` runs with no other flags, for
 # the whole budget and for one minute (`stylize --size 512 --max-time 60`, to set beside the plain loop's curve).
 DEFAULT_CONFIGS = (
-    "eager:fp32:adam,cpu:fp32:adam,cpu:fp32:lbfgs,cpu:fp32:lbfgs:c2f,torch:fp32:lbfgs,torch:bf16:lbfgs,torch:bf16:lbfgs:c2f,"
+    "eager:fp32:adam,cpu:fp32:adam-plain,cpu:fp32:adam,cpu:fp32:lbfgs,cpu:fp32:lbfgs:c2f,torch:fp32:lbfgs,torch:bf16:lbfgs,torch:bf16:lbfgs:c2f,"
     "openvino:fp32:lbfgs,openvino:bf16:lbfgs,openvino:bf16:lbfgs:c2f,auto,auto@60"
 )
 COARSE_TO_FINE = "c2f"
@@ -79,19 +80,16 @@ class QualityConfig:
     @property
     def spec(self) -> str:
         """``torch-cpu:bf16:lbfgs:c2f@60``: what ``--configs`` takes to run it again."""
-        if self.runner is None:
-            text = "auto"
-        else:
-            text = f"{self.runner.label}:{self.precision}:{self.optimizer}{f':{COARSE_TO_FINE}' if self.coarse_to_fine else ''}"
-        return text if self.seconds is None else f"{text}@{self.seconds:g}"
+        return self._name(":") if self.seconds is None else f"{self._name(':')}@{self.seconds:g}"
 
     @property
     def label(self) -> str:
+        return self._name(" ") if self.seconds is None else f"{self._name(' ')} ({self.seconds:g} s)"
+
+    def _name(self, separator: str) -> str:
         if self.runner is None:
-            text = "auto"
-        else:
-            text = f"{self.runner.label} {self.precision} {self.optimizer}{f' {COARSE_TO_FINE}' if self.coarse_to_fine else ''}"
-        return text if self.seconds is None else f"{text} ({self.seconds:g} s)"
+            return "auto"
+        return separator.join([self.runner.label, self.precision, self.optimizer, *([COARSE_TO_FINE] if self.coarse_to_fine else [])])
 
     def spec_at(self, size: int) -> str:
         """``torch-cpu:bf16:lbfgs @ 512 px``: what ``--configs`` and ``--sizes`` take to run it again."""
@@ -155,11 +153,13 @@ def run_config(config: QualityConfig, size: int, seconds: float, weights: str, t
     Returns the set-up time and the snapshots as (seconds, evaluations, the runner's own loss, image as fp16).
     The loop is stylize's own (``stylize_scales`` with ``optimizers.Descent``), from stylize's random start
     (``--init random``, seed 0): an engine configuration is built before the clock starts (its set-up is
-    reported apart); ``auto`` starts the clock first, as ``--max-time`` counts its probe and set-up. The best
+    reported apart); ``auto``'s clock starts with the worker process, as ``--max-time`` counts imports, probe and
+    set-up. The best
     image, not the last evaluated one, is what a user would keep: L-BFGS's line search evaluates trial points
     that can be far worse. A coarse scale's snapshot is what the next scale would start from.
     """
-    started = time.perf_counter()
+    # auto's budget counts from the worker's start, imports included, as stylize --max-time counts from the command's
+    started = time.perf_counter() - (seconds_since_start() if config.auto else 0.0)
     resolved = resolve(weights, VGG19)
     spec = EngineSpec.defaults(VGG19, resolved)
     content, style = demo_content(size), demo_style(size)
@@ -223,11 +223,11 @@ def _stylize_config(
 ) -> tuple[StylizeConfig, Any]:
     """The stylize configuration of ``config`` and, for an engine configuration, its engine, built now (set-up)."""
     if config.runner is None:
-        return StylizeConfig(weights=resolved, threads=threads, seed=seed, max_time=seconds), None
+        return StylizeConfig(weights=resolved, threads=threads, seed=seed, iterations=TIME_BOUND_ITERATIONS, max_time=seconds), None
     runner = config.runner
     stylize_config = StylizeConfig(
         engine=runner.engine, provider=runner.target, precision=config.precision, optimizer=config.optimizer, weights=resolved,  # type: ignore[arg-type]
-        threads=threads, seed=seed, tile=0,
+        threads=threads, seed=seed, tile=0, iterations=TIME_BOUND_ITERATIONS, max_time=seconds,
     )
     engine = create_engine(runner.engine, spec, provider=runner.target, threads=threads, sizes=[(size, size)], precision=config.precision)
     return stylize_config, engine
@@ -267,12 +267,15 @@ def converge(
     progress: Callable[[str], None] | None = None,
     on_update: Callable[[QualityReport], None] | None = None,
     skip_unusable: bool = False,
+    images: Path | None = None,
 ) -> QualityReport:
     """Run every configuration at every size (each in its own worker, one at a time) and score its snapshots.
 
     ``seconds`` is the wall time per configuration: one value for every size, or one per size (a configuration
     with a budget of its own, ``auto@60``, keeps it). ``skip_unusable`` (the default set) shows a configuration
-    whose runner cannot run here as skipped, with why; otherwise naming one is an error. ``on_update``
+    whose runner cannot run here as skipped, with why; otherwise naming one is an error. ``images``: a folder
+    for each configuration's final picture (``eager-cpu-fp32-adam-512px.png``), replacing only files an earlier
+    converge wrote. ``on_update``
     hears the report after every configuration (bands recomputed), so a killed run keeps what it measured.
     Every option is checked before the first worker starts; a worker that fails, crashes or is killed fails
     its own configuration only. Ctrl-C or SIGTERM ends the run early: the report comes back ``interrupted``,
@@ -287,6 +290,8 @@ def converge(
     resolved = resolve(weights, VGG19)
     spec = EngineSpec.defaults(VGG19, resolved)
     check_fits([config for config in configs if config.runner not in unusable], sizes, spec)
+    if images is not None:
+        check_images(images, configs, sizes)
     threads = min(threads or default_threads(), default_threads())
     options = {
         "seconds": dict(zip(map(str, sizes), budgets, strict=True)), "sizes": list(sizes), "configs": [config.label for config in configs],
@@ -306,10 +311,12 @@ def converge(
                 run.status, run.reason = "skipped", f"not usable here: {unusable[config.runner]}"
                 continue
             say(f"{config.label} at {size} px for {config.budget(budget):g} s")
-            images = _measure(run, config, config.budget(budget), weights, threads, hang_seconds, log_dir, codes)
-            if images:
-                say(f"scoring {len(images)} snapshots of {config.label} at {size} px with the fp32 torch loss")
-                _score(run, images, weights, threads, hang_seconds, log_dir, codes)
+            snapshots = _measure(run, config, config.budget(budget), weights, threads, hang_seconds, log_dir, codes)
+            if snapshots:
+                say(f"scoring {len(snapshots)} snapshots of {config.label} at {size} px with the fp32 torch loss")
+                _score(run, snapshots, weights, threads, hang_seconds, log_dir, codes)
+                if images is not None and run.status == "ok":
+                    run.image = str(save_image(to_image(snapshots[-1].float()), picture_path(images, config, size), tag=PICTURE_TAG))
             band_times(report.runs)
             if on_update:
                 on_update(report)
@@ -329,6 +336,24 @@ def converge(
     if not any(run.status == "ok" for run in report.runs):
         raise _nothing_measured(report.runs, codes)
     return report
+
+
+PICTURE_TAG = "onnxstyle converge"  # in each picture's PNG metadata: a file holding it may be replaced by a rerun
+
+
+def picture_path(folder: Path, config: QualityConfig, size: int) -> Path:
+    """``auto@60`` at 512 px → ``FOLDER/auto-60-512px.png``."""
+    return folder / f"{config.spec.replace(':', '-').replace('@', '-')}-{size}px.png"
+
+
+def check_images(folder: Path, configs: Sequence[QualityConfig], sizes: Sequence[int]) -> None:
+    """Before any work: the folder can take files, and no picture would replace a file converge did not write."""
+    check_directory(folder)
+    for size in sizes:
+        for config in configs:
+            path = picture_path(folder, config, size)
+            if path.exists() and not written_by(path, PICTURE_TAG):
+                raise OutputError(f"{path} exists and was not written by converge; choose another --images folder")
 
 
 def check_budgets(seconds: Sequence[float], sizes: int) -> list[float]:
@@ -401,7 +426,7 @@ def _measure(
     try:
         worker = bench_run.open_worker(f"quality-{'auto' if config.auto else runner.label}-{run.size}", worker_environment(runner, threads, {}), log_dir)
         result = worker.run(
-            "onnxstyle.quality:run_config", hang_seconds + 2 * budget, config=config, size=run.size, seconds=budget, weights=weights, threads=threads,
+            "onnxstyle.converge:run_config", hang_seconds + 2 * budget, config=config, size=run.size, seconds=budget, weights=weights, threads=threads,
         )
     except CELL_ERRORS as error:
         _fail(run, error, codes)
@@ -429,7 +454,7 @@ def _score(run: QualityRun, images: list[torch.Tensor], weights: str, threads: i
     worker = None
     try:
         worker = bench_run.open_worker(f"quality-score-{run.size}", worker_environment(Runner("torch", "cpu"), threads, {}), log_dir)
-        run.yardstick = worker.run("onnxstyle.quality:score", hang_seconds + 10 * len(images), size=run.size, weights=weights, images=images, threads=threads)
+        run.yardstick = worker.run("onnxstyle.converge:score", hang_seconds + 10 * len(images), size=run.size, weights=weights, images=images, threads=threads)
     except CELL_ERRORS as error:
         _fail(run, error, codes)
         run.reason = f"scoring failed: {run.reason}"
