@@ -474,7 +474,7 @@ def _stylize_with(
         timing_only=config.weights.weight_set.synthetic,
         final=descent.last_terms,
         saved=run.saved,
-        image=descent.best.detach().cpu().clone() if descent.improved() else None,
+        image=None if run.passed_on else descent.best.detach().cpu().clone(),
         ended_by=descent.ended_by,
     )
 
@@ -542,6 +542,7 @@ class _Optimisation:
         self.on_evaluation = on_evaluation
         self.saved: list[Path] = []
         self.seconds = 0.0  # the optimisation's wall time, without writing the output
+        self.passed_on = False  # a coarse scale that wrote nothing and hands its start to the next
         assert config.optimizer is not None
         self.descent = Descent(
             engine.loss_and_grad, start.to(engine.device), optimizer=config.optimizer, iterations=config.iterations,
@@ -588,6 +589,7 @@ class _Optimisation:
         self.seconds = time.perf_counter() - started
         if descent.ended_by == "time" and not descent.improved():
             if not last:
+                self.passed_on = True
                 return
             raise UsageError(
                 f"--max-time {self.config.max_time:g} ran out after {len(descent.losses)} evaluation(s), before any improvement on the "
